@@ -1,0 +1,144 @@
+"""Model registry: every architecture registers a factory by name.
+
+A factory has the signature ``factory(in_channels: int, num_classes: int, **kwargs) -> nn.Module`` and the
+module it returns maps ``[B, in_channels, *spatial]`` to logits ``[B, num_classes, *spatial]`` (never
+probabilities: sigmoid/softmax belong to losses and inference).
+
+Optional model interface, read by the workflow through the helpers below:
+
+- ``validate_input_size(spatial: tuple[int, ...]) -> None``: raise ``ValueError`` naming the rule when the model
+  cannot take that input size (e.g. "sides must be multiples of 32; use 256x256").
+- ``feature_channels: int`` and ``forward_features(x) -> Tensor``: the feature map right before the classifier
+  (``[B, feature_channels, *spatial]`` at input resolution), and ``forward_head(features) -> logits``. Models that
+  provide these can carry plug-in heads such as SALSTM/LSTMSA.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+__all__ = [
+    "ModelInfo",
+    "register_model",
+    "create_model",
+    "list_models",
+    "model_info",
+    "check_input_size",
+    "has_feature_interface",
+]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about a model name."""
+
+    name: str
+    factory: Callable[..., nn.Module]
+    spatial_dims: int = 2  # 2: images/slices, 3: volumes
+    paper: str = ""  # citation, shown by `attnseg models`
+    official_repo: str = ""  # owner/name of the authors' code, if any
+    input_divisor: int = 1  # input sides must be multiples of this (informational; models validate themselves)
+    default_input_size: tuple[int, ...] = (224, 224)
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    spatial_dims: int = 2,
+    paper: str = "",
+    official_repo: str = "",
+    input_divisor: int = 1,
+    default_input_size: Sequence[int] | None = None,
+    tags: Sequence[str] = (),
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering ``factory(in_channels, num_classes, **kwargs)`` under ``name``.
+
+    Registering the same name twice raises (unlike timm, which warns): two models must never share a name.
+    """
+
+    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model name {name!r} is already registered by {_REGISTRY[name].factory.__module__}")
+        size = tuple(default_input_size) if default_input_size else ((224, 224) if spatial_dims == 2 else (96,) * 3)
+        _REGISTRY[name] = ModelInfo(
+            name=name,
+            factory=factory,
+            spatial_dims=spatial_dims,
+            paper=paper,
+            official_repo=official_repo,
+            input_divisor=input_divisor,
+            default_input_size=size,
+            tags=tuple(tags),
+        )
+        return factory
+
+    return decorator
+
+
+def _ensure_models_imported() -> None:
+    # Importing the package registers every architecture (one import line per model file).
+    import attnseg.models  # noqa: F401
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Sorted registered model names, optionally filtered by a substring."""
+    _ensure_models_imported()
+    names = sorted(_REGISTRY)
+    return [n for n in names if pattern is None or pattern in n]
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry for ``name``; raises ``KeyError`` listing the valid names (and a close match)."""
+    _ensure_models_imported()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"unknown model {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, in_channels: int = 3, num_classes: int = 2, **kwargs: Any) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: registered name (see :func:`list_models`).
+        in_channels: image channels.
+        num_classes: output channels (logits); 1 for binary sigmoid models, K+1 for K structures plus background.
+        **kwargs: architecture options passed to the factory.
+
+    Returns:
+        An ``nn.Module`` mapping ``[B, in_channels, *spatial]`` to logits ``[B, num_classes, *spatial]``.
+
+    Example:
+        >>> model = create_model("unet", in_channels=1, num_classes=9, width=16)
+    """
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    info = model_info(name)
+    model = info.factory(in_channels, num_classes, **kwargs)
+    # Remember how the model was built so checkpoints can rebuild it through the registry.
+    model.attnseg_build = {"name": name, "in_channels": in_channels, "num_classes": num_classes, "kwargs": dict(kwargs)}
+    return model
+
+
+def check_input_size(model: nn.Module, spatial: Sequence[int]) -> None:
+    """Raise ``ValueError`` if ``model`` cannot take inputs of spatial size ``spatial``."""
+    validate = getattr(model, "validate_input_size", None)
+    if callable(validate):
+        validate(tuple(int(s) for s in spatial))
+
+
+def has_feature_interface(model: nn.Module) -> bool:
+    """True when ``model`` exposes ``feature_channels``, ``forward_features`` and ``forward_head``."""
+    return all(hasattr(model, a) for a in ("feature_channels", "forward_features", "forward_head"))
