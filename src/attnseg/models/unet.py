@@ -28,7 +28,7 @@ class UNet(nn.Module):
         dropout: dropout probability inside the conv blocks. Defaults to 0.
     """
 
-    min_side = 16  # four 2x poolings
+    divisor = 16  # four 2x poolings: other sizes are padded unevenly inside MONAI's UpCat
 
     def __init__(
         self, in_channels: int, num_classes: int, spatial_dims: int = 2, width: int = 32, dropout: float = 0.0
@@ -52,8 +52,10 @@ class UNet(nn.Module):
     def validate_input_size(self, spatial: tuple[int, ...]) -> None:
         if len(spatial) != self.spatial_dims:
             raise ValueError(f"this U-Net is {self.spatial_dims}D but got a {len(spatial)}D input size {spatial}")
-        if min(spatial) < self.min_side:
-            raise ValueError(f"input sides must be at least {self.min_side} (four 2x poolings), got {spatial}")
+        if any(s % self.divisor or s < self.divisor for s in spatial):
+            padded = tuple(max(self.divisor, -(-s // self.divisor) * self.divisor) for s in spatial)
+            raise ValueError(f"input sides must be multiples of {self.divisor} (four 2x poolings), got {spatial}; "
+                             f"use {padded}")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net
@@ -71,6 +73,7 @@ class UNet(nn.Module):
         return self.net.final_conv(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.validate_input_size(tuple(x.shape[2:]))
         return self.forward_head(self.forward_features(x))
 
 

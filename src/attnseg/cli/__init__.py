@@ -1,0 +1,1 @@
+"""Command-line interface (``attnseg``); nothing in the package imports from here."""

@@ -1,0 +1,75 @@
+"""``attnseg train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from attnseg.cli.args import parse_json_kwargs, parse_size
+
+__all__ = ["train_command"]
+
+
+def train_command(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Registered model name (see `attnseg models`)."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Dataset folder (nnU-Net raw layout)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to create (or continue)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML recipe; flags override its values."),
+    fold: Optional[str] = typer.Option(None, help="Split name in splits.json (0 = fold0; 'all' = every case)."),
+    iterations: Optional[int] = typer.Option(None, help="Total optimiser steps (or give --epochs)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (an epoch = one pass over the training samples)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Batch size per process."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="Network input size: H W (2D) or D H W."),
+    lr: Optional[float] = typer.Option(None, help="Base learning rate."),
+    optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw."),
+    scheduler: Optional[str] = typer.Option(None, help="poly | cosine | constant."),
+    loss: Optional[str] = typer.Option(None, help="dice_ce | bce_dice | ce_dice_0.4_0.6 | boundary_dou."),
+    val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps (default: per epoch)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (init, sampling, augmentation)."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N | mps."),
+    amp: Optional[str] = typer.Option(None, help="Mixed precision on CUDA: none | bf16 | fp16."),
+    geometry: Optional[str] = typer.Option(None, help="spacing (reorient+resample+crop) | resize (papers')."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Data-loading worker processes."),
+    model_kwargs: Optional[str] = typer.Option(None, "--model-kwargs", help="Model options as JSON."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a model on a dataset; writes checkpoints (last, best on validation), logs and the resolved config."""
+    from rich.console import Console
+
+    from attnseg.config import ConfigError, TrainConfig, load_recipe, merge_config
+    from attnseg.training.trainer import train
+
+    try:
+        size = parse_size(input_size)
+        kwargs = parse_json_kwargs(model_kwargs, "--model-kwargs")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    cfg = TrainConfig()
+    if resume and out is not None and config is None and (out / "config.yaml").exists():
+        config = out / "config.yaml"  # a resumed run continues with its own resolved config
+    if config is not None:
+        cfg = load_recipe(config, cfg)
+    overrides = {
+        "model": model, "data": str(data) if data else None, "out": str(out) if out else None, "fold": fold,
+        "iterations": iterations, "epochs": epochs, "batch_size": batch_size, "input_size": size, "lr": lr,
+        "optimizer": optimizer, "scheduler": scheduler, "loss": loss, "val_every": val_every, "seed": seed,
+        "device": device, "amp": amp, "geometry": geometry, "num_workers": num_workers,
+        "model_kwargs": kwargs or None,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "iterations" in overrides and "epochs" not in overrides:
+        overrides["epochs"] = None  # a flag overrides the recipe's length in the other unit
+    if "epochs" in overrides and "iterations" not in overrides:
+        overrides["iterations"] = None
+    cfg = merge_config(cfg, overrides, source="command line")
+    for required in ("model", "data", "out"):
+        if not getattr(cfg, required):
+            raise ConfigError(f"--{required} is required (or set it in the --config recipe)")
+    summary = train(cfg, resume=resume, progress=not quiet)
+    console = Console()
+    console.print(f"[green]done[/]: {summary['iterations']} iterations; run directory {cfg.out}")
+    if summary.get("best_val_dice") is not None:
+        console.print(f"best validation mean Dice {summary['best_val_dice']:.4f}")

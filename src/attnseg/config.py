@@ -1,0 +1,168 @@
+"""Typed run configuration and YAML recipes.
+
+A recipe is a YAML file with the fields of :class:`TrainConfig` (unknown keys are errors naming the file and key);
+command-line flags override recipe values; the resolved config is saved in the run directory (``config.yaml``) so a
+run can be reproduced with ``attnseg train --config RUN/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["TrainConfig", "ConfigError", "load_recipe", "merge_config", "config_to_dict"]
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the option or file."""
+
+
+Optimizer = Literal["sgd", "adam", "adamw"]
+Scheduler = Literal["poly", "cosine", "constant"]
+Loss = Literal["dice_ce", "bce_dice", "ce_dice_0.4_0.6", "boundary_dou"]
+Geometry = Literal["spacing", "resize"]
+
+
+@dataclass
+class AugmentConfig:
+    """MONAI dictionary-transform augmentation; probabilities per sample (nnU-Net-like defaults)."""
+
+    flip: float = 0.5  # each in-plane axis
+    rot90: float = 0.0
+    rotate: float = 0.2
+    rotate_degrees: float = 15.0
+    scale: float = 0.2
+    scale_range: tuple[float, float] = (0.85, 1.25)
+    intensity: float = 0.15  # brightness (scale) and shift
+    noise: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Field comments give the CLI flag where one exists."""
+
+    model: str = "unet"  # --model
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str = ""  # --data: dataset folder (nnU-Net raw layout)
+    out: str = ""  # --out: run directory
+    fold: str = "fold0"  # --fold: a split name in splits.json ("0" means "fold0"; "all": train on every case)
+    iterations: int | None = None  # --iterations: total optimiser steps
+    epochs: int | None = None  # --epochs: an epoch is iterations_per_epoch steps
+    iterations_per_epoch: int | None = None  # default: one pass over the training samples (images or slices)
+    batch_size: int = 8  # --batch-size (per process under DDP)
+    input_size: list[int] = field(default_factory=lambda: [224, 224])  # --input-size
+    lr: float = 1e-2  # --lr
+    optimizer: Optimizer = "sgd"  # --optimizer
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    scheduler: Scheduler = "poly"  # --scheduler
+    poly_power: float = 0.9
+    min_lr: float = 0.0  # cosine floor
+    warmup_iterations: int = 0
+    loss: Loss = "dice_ce"  # --loss
+    val_every: int = 0  # --val-every (iterations; 0 = once per epoch)
+    seed: int = 42  # --seed
+    device: str = "auto"  # --device: auto | cpu | cuda | cuda:N | mps
+    amp: Literal["none", "bf16", "fp16"] = "none"  # --amp
+    grad_clip: float = 12.0  # max gradient norm (nnU-Net); 0 disables
+    num_workers: int = 2
+    geometry: Geometry = "spacing"  # in-plane: "spacing" (reorient + resample + crop) or "resize" (papers' protocol)
+    target_spacing: list[float] | None = None  # in-plane mm for "spacing"; default: dataset median
+    foreground_prob: float = 0.33  # share of samples centred on a foreground voxel
+    ct_window: tuple[float, float] = (0.5, 99.5)  # percentiles of foreground HU used to clip CT
+    slab_size: int | None = None  # adjacent slices per sample (SALSTM/LSTMSA); default from the model
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    log_every: int = 10
+    selection_split: str = "val"  # checkpoints are selected on validation, never on test
+    notes: str = ""
+
+    def validate(self) -> None:
+        if self.iterations is not None and self.epochs is not None:
+            raise ConfigError("give either --iterations or --epochs, not both")
+        for name in ("iterations", "epochs", "iterations_per_epoch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if len(self.input_size) not in (2, 3) or min(self.input_size) < 1:
+            raise ConfigError(f"--input-size needs 2 (H W) or 3 (D H W) positive sizes, got {self.input_size}")
+        if not 0 <= self.foreground_prob <= 1:
+            raise ConfigError(f"foreground_prob must be in [0, 1], got {self.foreground_prob}")
+        if self.slab_size is not None and (self.slab_size < 1 or self.slab_size % 2 == 0):
+            raise ConfigError(f"slab_size must be odd and >= 1, got {self.slab_size}")
+        for choice, allowed in (
+            ("optimizer", ("sgd", "adam", "adamw")),
+            ("scheduler", ("poly", "cosine", "constant")),
+            ("loss", ("dice_ce", "bce_dice", "ce_dice_0.4_0.6", "boundary_dou")),
+            ("geometry", ("spacing", "resize")),
+            ("amp", ("none", "bf16", "fp16")),
+        ):
+            if getattr(self, choice) not in allowed:
+                raise ConfigError(f"--{choice} must be one of {', '.join(allowed)}, got {getattr(self, choice)!r}")
+
+    def total_iterations(self, iterations_per_epoch: int) -> int:
+        """Optimiser steps for the run (``epochs * iterations_per_epoch`` when epochs are given)."""
+        if self.iterations is not None:
+            return self.iterations
+        return (self.epochs or 1) * iterations_per_epoch
+
+    @staticmethod
+    def derived_epochs(iterations: int, iterations_per_epoch: int) -> int:
+        return math.ceil(iterations / iterations_per_epoch)
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    d["augment"]["scale_range"] = list(cfg.augment.scale_range)
+    d["ct_window"] = list(cfg.ct_window)
+    return d
+
+
+def _check_keys(cls: type, values: dict[str, Any], source: str) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {', '.join(sorted(names))}")
+
+
+def merge_config(base: TrainConfig, overrides: dict[str, Any], source: str = "overrides") -> TrainConfig:
+    """A copy of ``base`` with ``overrides`` applied (``augment`` merged field by field)."""
+    _check_keys(TrainConfig, overrides, source)
+    values = dict(overrides)
+    if "augment" in values:
+        aug = values.pop("augment") or {}
+        _check_keys(AugmentConfig, aug, f"{source} (augment)")
+        if "scale_range" in aug:
+            aug["scale_range"] = tuple(aug["scale_range"])
+        values["augment"] = dataclasses.replace(base.augment, **aug)
+    if "ct_window" in values:
+        values["ct_window"] = tuple(values["ct_window"])
+    if "fold" in values:
+        values["fold"] = str(values["fold"])
+    return dataclasses.replace(base, **values)
+
+
+def load_recipe(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """Load a YAML recipe onto ``base`` (default config if None)."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: recipe not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of option: value")
+    values.pop("_base", None)
+    return merge_config(base or TrainConfig(), values, source=str(path))

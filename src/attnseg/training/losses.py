@@ -1,0 +1,54 @@
+"""Segmentation losses by name (MONAI underneath). All take logits ``[B, C, *spatial]`` and integer targets
+``[B, *spatial]``.
+
+- ``dice_ce``: soft Dice (foreground classes, batch Dice) + cross-entropy, 1:1 (nnU-Net's DC+CE).
+- ``bce_dice``: binary cross-entropy + soft Dice on one sigmoid logit, 1:1 (MALUNet's BceDiceLoss, on logits so it
+  is numerically stable).
+- ``ce_dice_0.4_0.6``: 0.4 CE + 0.6 Dice with background included (TransUNet family, e.g. MSA2Net's alternative).
+- ``boundary_dou``: Boundary DoU loss (MSA2Net's released training loss).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["build_loss", "LOSSES"]
+
+LOSSES = ("dice_ce", "bce_dice", "ce_dice_0.4_0.6", "boundary_dou")
+
+
+class _OneHotTarget(nn.Module):
+    """Adapts MONAI losses (which want ``[B, 1, *spatial]`` targets) to ``[B, *spatial]`` integer targets."""
+
+    def __init__(self, loss: nn.Module, binary: bool = False) -> None:
+        super().__init__()
+        self.loss = loss
+        self.binary = binary
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        t = target.unsqueeze(1)
+        return self.loss(logits, (t > 0).to(logits.dtype) if self.binary else t)
+
+
+def build_loss(name: str, num_classes: int) -> nn.Module:
+    """The loss called ``name`` for a model with ``num_classes`` output channels."""
+    from monai.losses import DiceCELoss
+
+    if name == "dice_ce":
+        if num_classes == 1:
+            return build_loss("bce_dice", 1)
+        return _OneHotTarget(DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
+                                        smooth_nr=1e-5, smooth_dr=1e-5))
+    if name == "bce_dice":
+        if num_classes != 1:
+            raise ValueError(f"--loss bce_dice needs a single-logit binary model (num_classes=1), got {num_classes}")
+        return _OneHotTarget(DiceCELoss(sigmoid=True, smooth_nr=1.0, smooth_dr=1.0), binary=True)
+    if name == "ce_dice_0.4_0.6":
+        return _OneHotTarget(DiceCELoss(to_onehot_y=True, softmax=True, include_background=True,
+                                        lambda_ce=0.4, lambda_dice=0.6))
+    if name == "boundary_dou":
+        from attnseg.training.boundary_dou import BoundaryDoULoss
+
+        return BoundaryDoULoss(num_classes)
+    raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
