@@ -338,7 +338,7 @@ class MALUNet(nn.Module):
         # spec §1 encoder table: stage -> GN -> max-pool -> GELU; the bottleneck has no norm and no pool
         skips = []
         for stage, norm in zip(self.encoder[:5], self.encoder_norms):
-            x = F.gelu(F.max_pool2d(norm(stage(x)), 2))
+            x = F.gelu(_pool2(norm(stage(x))))
             skips.append(x)
         return skips, F.gelu(self.encoder[5](x))
 
@@ -378,6 +378,14 @@ class MALUNet(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"MALUNet expects a [B, C, H, W] batch, got a tensor of shape {tuple(x.shape)}")
         self.validate_input_size(tuple(x.shape[2:]))
+
+
+def _pool2(x: torch.Tensor) -> torch.Tensor:
+    # 2x2 max-pool, stride 2. PyTorch's CPU kernel for NCHW is much slower than its channels-last kernel at these few
+    # channels (e.g. 15 ms vs 1 ms for 8x256x256); both give bitwise-identical values and gradients (the same argmax).
+    if x.device.type == "cpu":
+        return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2).contiguous()
+    return F.max_pool2d(x, 2)
 
 
 def _up2(x: torch.Tensor) -> torch.Tensor:
