@@ -5,9 +5,9 @@ The PyPI sdist of ``TotalSegmentator==2.18.0`` (Apache-2.0) ships real CT volume
 regression-test references (``tests/reference_files/``). This script turns two of them into a small dataset in the
 nnU-Net v2 raw layout with the 8 Synapse organs remapped to labels 1-8 in the TransUNet Synapse order:
 
-- ``example_ct.nii.gz`` + ``example_seg_fast_force_split.nii.gz`` (trunk CT, 3 mm isotropic) -> ``imagesTr``/``labelsTr``,
-  cut along z into two cases: the upper part (all 8 organs, full extent above the cut) is the training case, the lower
-  part (pelvis and lower abdomen: aorta, kidneys, liver tip) is the validation case.
+- ``example_ct.nii.gz`` + ``example_seg_fast_force_split.nii.gz`` (trunk CT, 3 mm isotropic) -> ``imagesTr``/
+  ``labelsTr``, cut along z into two cases: the upper part (all 8 organs, full extent above the cut) is the training
+  case, the lower part (pelvis and lower abdomen: aorta, kidneys, liver tip) is the validation case.
 - ``example_ct_dicom/`` (20-slice DICOM series, a different scan) + ``example_seg_dicom.nii.gz`` -> ``imagesTs``/
   ``labelsTs``: the held-out test case. The label map is stored with its j axis flipped relative to the DICOM pixel
   grid (LAS vs LPS); it is re-indexed exactly (no interpolation) onto the DICOM grid via the two affines, checked
@@ -228,7 +228,8 @@ def check_laterality(lab: np.ndarray, affine: np.ndarray, what: str) -> None:
     for value, name in SYNAPSE_LABELS.items():
         if (lab == value).any():
             centres[name] = (affine @ np.append(np.argwhere(lab == value).mean(0), 1.0))[:3]
-    print(f"  organ centroids {what} (RAS mm): " + ", ".join(f"{n} ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f})" for n, c in centres.items()))
+    text = ", ".join(f"{n} ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f})" for n, c in centres.items())
+    print(f"  organ centroids {what} (RAS mm): {text}")
     if "liver" in centres and "spleen" in centres and centres["liver"][0] <= centres["spleen"][0]:
         raise SystemExit(f"{what}: liver is not on the patient's right of the spleen: left-right flip")
 
@@ -279,7 +280,9 @@ def organ_stats(ct: np.ndarray, lab: np.ndarray) -> dict[str, dict[str, float]]:
 # ------------------------------------------------------------------------------------------------------------ cases
 
 
-def build_train(ref: Path, lut: np.ndarray, vertebrae_ids: list[int]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def build_train(ref: Path, lut: np.ndarray,
+                vertebrae_ids: list[int]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Trunk CT + label -> {case: (int16 CT, uint8 label, affine)}, cut along z into the train and val cases."""
     ct_img = nib.load(ref / "example_ct.nii.gz")
     seg_img = nib.load(ref / "example_seg_fast_force_split.nii.gz")
     if ct_img.shape != seg_img.shape or not np.allclose(ct_img.affine, seg_img.affine, atol=1e-4):
@@ -287,7 +290,8 @@ def build_train(ref: Path, lut: np.ndarray, vertebrae_ids: list[int]) -> dict[st
     ct = to_int16(np.asarray(ct_img.dataobj), "example_ct")
     seg = np.asarray(seg_img.dataobj)
     affine = ct_img.affine
-    print(f"\ntrunk CT example_ct.nii.gz: shape {ct.shape}, spacing {tuple(float(z) for z in ct_img.header.get_zooms())}, "
+    zooms = tuple(float(z) for z in ct_img.header.get_zooms())
+    print(f"\ntrunk CT example_ct.nii.gz: shape {ct.shape}, spacing {zooms}, "
           f"orientation {ornt_code(affine)}, HU {ct.min()}..{ct.max()}")
     check_bone(ct, seg, vertebrae_ids, "trunk CT")
     lab = remap(seg, lut)
@@ -311,7 +315,9 @@ def check_bone(ct: np.ndarray, seg: np.ndarray, vertebrae_ids: list[int], what: 
         raise SystemExit(f"{what}: vertebrae mean HU {mean:.1f} < 150: label and image are misaligned")
 
 
-def build_test(ref: Path, lut: np.ndarray, vertebrae_ids: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, sitk.Image]:
+def build_test(ref: Path, lut: np.ndarray,
+               vertebrae_ids: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, sitk.Image]:
+    """DICOM series + label -> (int16 CT, uint8 label, affine) on the series grid, checked and body-cropped."""
     reader = sitk.ImageSeriesReader()
     files = reader.GetGDCMSeriesFileNames(str(ref / "example_ct_dicom"))
     reader.SetFileNames(files)
@@ -327,7 +333,8 @@ def build_test(ref: Path, lut: np.ndarray, vertebrae_ids: list[int]) -> tuple[np
 
     seg_img = nib.load(ref / "example_seg_dicom.nii.gz")
     print(f"label example_seg_dicom.nii.gz: shape {seg_img.shape}, orientation {ornt_code(seg_img.affine)}, "
-          f"spacing {tuple(round(float(z), 4) for z in seg_img.header.get_zooms())}\n  affine\n{np.round(seg_img.affine, 4)}")
+          f"spacing {tuple(round(float(z), 4) for z in seg_img.header.get_zooms())}\n"
+          f"  affine\n{np.round(seg_img.affine, 4)}")
     seg_raw = np.asarray(seg_img.dataobj)
     seg = reindex_exact(seg_raw, seg_img.affine, ct.shape, affine)
     print(f"  label voxel (i, j, k) -> image voxel map:\n{np.round(np.linalg.inv(affine) @ seg_img.affine, 4)}")
@@ -346,7 +353,8 @@ def build_test(ref: Path, lut: np.ndarray, vertebrae_ids: list[int]) -> tuple[np
     for name in ("spleen", "aorta", "pancreas", "stomach"):
         print(f"  {name}: mean HU {stats[name]['mean_hu']:.1f}")
     if liver_frac < 0.9 or not 30 <= stats["liver"]["mean_hu"] <= 130:
-        raise SystemExit(f"liver mean HU {stats['liver']['mean_hu']:.1f}, {100 * liver_frac:.1f}% in 0..200: misaligned")
+        raise SystemExit(f"liver mean HU {stats['liver']['mean_hu']:.1f}, {100 * liver_frac:.1f}% in 0..200 HU: "
+                         "label and image are misaligned")
     check_laterality(lab, affine, "DICOM scan")
     body = body_mask(ct)
     for value, name in SYNAPSE_LABELS.items():
@@ -354,7 +362,8 @@ def build_test(ref: Path, lut: np.ndarray, vertebrae_ids: list[int]) -> tuple[np
         if m.any():
             inside = float(body[m].mean())
             cen = tuple(int(round(c)) for c in np.argwhere(m).mean(0))
-            print(f"  {name}: centroid voxel {cen} inside body: {bool(body[cen])}, {100 * inside:.1f}% of voxels in body")
+            print(f"  {name}: centroid voxel {cen} inside body: {bool(body[cen])}, "
+                  f"{100 * inside:.1f}% of voxels in body")
             if inside < 0.98:
                 raise SystemExit(f"{name}: only {100 * inside:.1f}% of the label inside the body: misaligned")
 
@@ -467,7 +476,8 @@ def dataset_json(numbers: dict[str, int]) -> dict:
             "monitoring and checkpoint selection. Test: ct_dicom_abdomen, a different scan (the 20-slice DICOM series "
             "example_ct_dicom, 0.977x0.977x2 mm, LPS voxel order, cropped in-plane to the body) with "
             "example_seg_dicom.nii.gz re-indexed onto its grid; it shows liver, spleen, stomach, pancreas and aorta "
-            "(no kidneys or gallbladder). Unlike the unenhanced trunk CT it is contrast-enhanced (portal venous). The crop example_ct_sm of the trunk CT is deliberately not used."
+            "(no kidneys or gallbladder). Unlike the unenhanced trunk CT it is contrast-enhanced (portal venous). "
+            "The crop example_ct_sm of the trunk CT is deliberately not used."
         ),
         "reference": CITATION,
         "attribution": (
@@ -662,7 +672,9 @@ def build(root: Path, out: Path, fixture_out: Path | None, docs_dir: Path) -> di
     report["checks"]["liver_frac_naive"] = float(((full_ct[raw_lab == 6] >= 0) & (full_ct[raw_lab == 6] <= 200)).mean())
     vert = np.isin(reindex_exact(np.asarray(seg_img.dataobj), seg_img.affine, full_ct.shape, full_aff), vertebrae_ids)
     report["checks"]["vertebrae_hu"] = float(full_ct[vert].mean())
-    assert np.array_equal(np.bincount(full_lab.ravel(), minlength=9)[1:], np.bincount(test_lab.ravel(), minlength=9)[1:])
+    organ_counts_full = np.bincount(full_lab.ravel(), minlength=9)[1:]
+    if not np.array_equal(organ_counts_full, np.bincount(test_lab.ravel(), minlength=9)[1:]):
+        raise SystemExit("test label counts changed between the check and the written file")
 
     numbers = {"numTraining": len(train), "numTest": 1}
     (tmp_out / "dataset.json").write_text(json.dumps(dataset_json(numbers), indent=2) + "\n", encoding="utf-8")
@@ -700,7 +712,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="attnseg-demo-") as tmp:
         root = resolve_source(args.sdist, Path(tmp))
         print(f"source: {root}")
-        build(root, out, None if args.no_fixture else args.fixture_out.resolve(), (args.docs_dir or out.parent).resolve())
+        fixture_out = None if args.no_fixture else args.fixture_out.resolve()
+        build(root, out, fixture_out, (args.docs_dir or out.parent).resolve())
     return 0
 
 
