@@ -340,8 +340,6 @@ def _build_summary(
     else:
         names = [n for n, _ in spec.classes]
         label_map = spec.names()
-        if protocol.binarize_foreground and len(names) == 1:
-            label_map = {names[0]: "> 0"}
     per_class = {n: protocol.aggregate([r["per_class"][n] for r in results]) for n in names}
     per_case = []
     for r in results:
@@ -453,7 +451,8 @@ def evaluate_folders(
         labels: overrides dataset.json's labels (``{"name": value}`` or a list of values); None = dataset.json, or
             ``label_<k>`` for every value found when there is no dataset.json.
         file_ending: e.g. ``.nii.gz``; default from dataset.json, else the single image ending found in ``gt_dir``.
-        num_workers: processes; default ``min(4, CPUs, cases)``; 0 or 1 runs in this process.
+        num_workers: processes; default ``min(4, CPUs, cases)``; 0 or 1 runs in this process. Workers are
+            spawned, so a script calling this with workers needs the usual ``if __name__ == "__main__":`` guard.
 
     Returns:
         The summary dict described in the module docstring.
@@ -474,10 +473,14 @@ def evaluate_folders(
         raise EvaluationError(f"{gt_dir}: no ground-truth files ending in {ending!r}")
     missing = sorted(set(gts) - set(preds))
     if missing:
-        raise EvaluationError(f"missing prediction for case(s) {_preview(missing)} (expected in {pred_dir})")
+        raise EvaluationError(
+            f"missing prediction for case(s) {_preview(missing)} (expected CASE{ending} files in {pred_dir})"
+        )
     extra = sorted(set(preds) - set(gts))
     if extra:
-        raise EvaluationError(f"no ground truth for predicted case(s) {_preview(extra)} (expected in {gt_dir})")
+        raise EvaluationError(
+            f"no ground truth for predicted case(s) {_preview(extra)} (expected CASE{ending} files in {gt_dir})"
+        )
 
     jobs = [(c, str(preds[c]), str(gts[c]), spec) for c in sorted(gts)]
     if PROTOCOLS.get(proto.name) is not proto:
