@@ -131,8 +131,11 @@ def models() -> None:
     from attnseg.models.registry import list_models, model_info
 
     table = Table(title="attnseg models")
-    for col in ("name", "dims", "paper", "official repo", "default input"):
-        table.add_column(col, overflow="fold")
+    table.add_column("name", no_wrap=True)  # names are what users copy: never wrapped
+    table.add_column("dims", no_wrap=True)
+    table.add_column("paper")
+    table.add_column("official repo", overflow="fold")
+    table.add_column("default input", no_wrap=True)
     names = list_models()
     for name in names:
         info = model_info(name)

@@ -1,0 +1,110 @@
+"""Latency and peak-memory measurement: structure and sanity of the figures (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from attnseg.bench.report import run_benchmark, write_json_atomic
+from attnseg.bench.speed import measure_peak_memory, measure_speed, time_callable
+
+_BIG = 64 * 1024 * 1024 // 4  # float32 elements in 64 MiB
+
+
+class SmallNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class AllocatesDuringForward(nn.Module):
+    """Materialises a 64 MiB temporary inside forward: the peak-memory figure must see it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scratch = torch.ones(_BIG)
+        return self.conv(x) + scratch[:1].sum() - 1.0
+
+
+def test_time_callable_calls_and_summarises() -> None:
+    calls = []
+    stats = time_callable(lambda: calls.append(1), runs=7, warmup=3)
+    assert len(calls) == 10
+    assert stats.runs == 7 and stats.warmup == 3
+    assert 0 <= stats.min_ms <= stats.q1_ms <= stats.median_ms <= stats.q3_ms <= stats.max_ms
+    assert stats.iqr_ms == pytest.approx(stats.q3_ms - stats.q1_ms)
+    with pytest.raises(ValueError, match="runs"):
+        time_callable(lambda: None, runs=0, warmup=0)
+    with pytest.raises(ValueError, match="warmup"):
+        time_callable(lambda: None, runs=1, warmup=-1)
+
+
+def test_measure_speed_structure() -> None:
+    net = SmallNet().train()
+    result = measure_speed(net, (2, 3, 16, 16), runs=3, warmup=1)
+    assert net.training and all(p.grad is None for p in net.parameters())
+    assert result.threads == torch.get_num_threads()
+    assert result.batch_size == 2 and result.input_shape == (2, 3, 16, 16) and result.device == "cpu"
+    for stats in (result.forward, result.forward_backward):
+        assert stats is not None and stats.runs == 3 and stats.warmup == 1
+        assert stats.median_ms > 0 and stats.iqr_ms >= 0
+    d = result.to_dict()
+    assert set(d) >= {"device", "threads", "batch_size", "input_shape", "forward", "forward_backward", "method"}
+    json.dumps(d)
+
+
+def test_measure_speed_skips_backward_without_trainable_parameters() -> None:
+    net = SmallNet().requires_grad_(False)
+    assert measure_speed(net, (1, 3, 8, 8), runs=1, warmup=0).forward_backward is None
+
+
+def test_cpu_peak_memory_sees_a_64_mib_temporary() -> None:
+    # Fresh-subprocess RSS measurement on a pickled model (class importable from this test module).
+    result = measure_peak_memory(AllocatesDuringForward(), (1, 3, 8, 8))
+    assert result.error is None, result.error
+    assert "fresh subprocess" in result.method
+    assert 60.0 <= result.forward_mb < 200.0
+    assert result.forward_backward_mb is not None and result.forward_backward_mb >= 60.0
+
+
+def test_run_benchmark_record_and_atomic_write(tmp_path) -> None:
+    from attnseg.bench.complexity import count_parameters
+    from attnseg.models import create_model
+
+    record = run_benchmark(
+        "unet", input_size=[32, 32], in_channels=1, num_classes=3, batch_size=2, runs=1, warmup=0,
+        model_kwargs={"width": 4}, memory=False,
+    )
+    expected = count_parameters(create_model("unet", 1, 3, width=4))
+    assert record["params"] == {"total": expected.total, "trainable": expected.trainable}
+    assert record["input_size"] == [32, 32]
+    assert record["complexity"]["input_shape"] == [1, 1, 32, 32] and record["complexity"]["batch_size"] == 1
+    assert record["complexity"]["flops"] > 0 and record["complexity"]["macs_fvcore"] > 0
+    assert record["latency"]["input_shape"] == [2, 1, 32, 32]
+    assert record["memory"] is None
+    assert set(record["environment"]["versions"]) >= {"torch", "fvcore", "thop", "timm", "monai", "python"}
+    assert record["environment"]["host"]["torch_threads"] == torch.get_num_threads()
+
+    out = write_json_atomic(tmp_path / "sub" / "bench.json", record)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    assert [p.name for p in out.parent.iterdir()] == ["bench.json"]  # no temporary left behind
+
+
+def test_run_benchmark_rejects_bad_requests() -> None:
+    with pytest.raises(KeyError, match="unknown model"):
+        run_benchmark("no_such_model", memory=False)
+    with pytest.raises(ValueError, match="needs 2 values"):
+        run_benchmark("unet", input_size=[32, 32, 32], memory=False)
+    with pytest.raises(ValueError, match="16"):
+        run_benchmark("unet", input_size=[8, 8], model_kwargs={"width": 4}, memory=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        run_benchmark("unet", batch_size=0, memory=False)
