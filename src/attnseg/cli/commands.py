@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from attnseg.cli.bench import bench, models
+from attnseg.cli.evaluate import evaluate
+from attnseg.cli.predict import predict_command
 from attnseg.cli.train import train_command
 
 COMMANDS = {
     "train": train_command,
+    "predict": predict_command,
+    "evaluate": evaluate,
+    "bench": bench,
+    "models": models,
 }

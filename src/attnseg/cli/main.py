@@ -37,7 +37,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from attnseg.data.layout import DatasetError
     from attnseg.models.official import OfficialWeightsError
 
-    errors: list[type[BaseException]] = [ConfigError, DatasetError, ImageReadError, OfficialWeightsError,
+    from attnseg.inference.predictor import RunError
+
+    errors: list[type[BaseException]] = [ConfigError, DatasetError, ImageReadError, OfficialWeightsError, RunError,
                                          FileNotFoundError, KeyError]
     try:
         from attnseg.evaluation.evaluate import EvaluationError

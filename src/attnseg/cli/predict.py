@@ -1,0 +1,51 @@
+"""``attnseg predict``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+__all__ = ["predict_command"]
+
+
+def predict_command(
+    run: Path = typer.Option(..., "--run", "-r", help="Run directory written by `attnseg train`."),
+    input: Path = typer.Option(..., "--input", "-i", help="Image file, DICOM series folder, or a folder of them."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the masks (same geometry as the input)."),
+    checkpoint: str = typer.Option("best", help="best | last."),
+    tta: bool = typer.Option(False, "--tta", help="Average over in-plane flips (test-time augmentation)."),
+    overlay: bool = typer.Option(False, "--overlay", help="Also write CASE_overlay.png (image | prediction)."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write CASE_probabilities.npz."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+) -> None:
+    """Segment images with a trained model. Folders continue past bad files and report them at the end."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from attnseg.config import ConfigError
+    from attnseg.inference.predictor import Predictor, find_inputs
+    from attnseg.training.trainer import resolve_device
+
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"--checkpoint must be best or last, got {checkpoint!r}")
+    predictor = Predictor.from_run(run, checkpoint=checkpoint, device=resolve_device(device))
+    items = find_inputs(input, len(predictor.plan.channel_kinds))
+    if not items:
+        raise ConfigError(f"--input {input}: no images found")
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeRemainingColumn(), console=console, disable=len(items) < 2) as progress:
+        task = progress.add_task("", total=len(items))
+
+        def done(item, error) -> None:
+            progress.update(task, advance=1, description=item.case_id)
+
+        failures = predictor.predict_inputs(items, output, tta=tta, overlay=overlay, probabilities=probabilities,
+                                            on_done=done)
+    ok = len(items) - len(failures)
+    Console().print(f"[green]{ok}[/] of {len(items)} case(s) written to {output}")
+    if failures:
+        for case, message in failures.items():
+            console.print(f"[bold red]failed:[/] {case}: {message}")
+        raise typer.Exit(1)

@@ -1,0 +1,71 @@
+"""Overlay PNGs: image | ground truth | prediction, side by side, for one representative slice."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["save_overlay", "PALETTE"]
+
+# Distinct colours for labels 1..; label 0 is transparent.
+PALETTE = np.array([
+    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
+    [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [170, 110, 40],
+], dtype=np.float32)
+
+
+def _to_gray_uint8(image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, [1, 99])
+    return (np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def _blend(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    out = rgb.astype(np.float32).copy()
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        mask = labels == value
+        out[mask] = (1 - alpha) * out[mask] + alpha * PALETTE[(int(value) - 1) % len(PALETTE)]
+    return out.astype(np.uint8)
+
+
+def save_overlay(path: str | Path, image: np.ndarray, prediction: np.ndarray, ground_truth: np.ndarray | None = None,
+                 *, rgb: bool = False) -> Path:
+    """Write ``image | [ground truth |] prediction`` as a PNG.
+
+    ``image`` is ``[C, *spatial]``; volumes show the slice (last axis) with the most labelled voxels.
+    """
+    from PIL import Image
+
+    img = np.asarray(image)
+    pred = np.asarray(prediction)
+    gt = None if ground_truth is None else np.asarray(ground_truth)
+    if pred.ndim == 3:  # volume: pick the most informative axial slice
+        ref = gt if gt is not None and gt.any() else pred
+        z = int(np.argmax((ref > 0).reshape(-1, ref.shape[-1]).sum(0)))
+        img, pred = img[..., z], pred[..., z]
+        gt = None if gt is None else gt[..., z]
+        img, pred = np.rot90(img, axes=(-2, -1)), np.rot90(pred)  # RAS-style slices read better rotated
+        gt = None if gt is None else np.rot90(gt)
+    if rgb and img.shape[0] == 3:
+        base = np.moveaxis(img, 0, -1)
+        base = base if base.dtype == np.uint8 else _to_gray_uint8(base)
+    else:
+        base = np.repeat(_to_gray_uint8(img[0])[..., None], 3, axis=-1)
+    panels = [base] + ([_blend(base, gt)] if gt is not None else []) + [_blend(base, pred)]
+    gap = np.full((base.shape[0], 4, 3), 255, np.uint8)
+    canvas = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        Image.fromarray(np.ascontiguousarray(canvas)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,201 @@
+"""Prediction on real files from a trained run directory.
+
+``Predictor.from_run(RUN)`` rebuilds the model through the registry (``model.json``), loads ``best`` or ``last``
+weights and the preprocessing plan (``plan.json``). ``predict_case`` maps an image in its original geometry to a
+label map on exactly the same grid: preprocessing (reorientation, resampling, normalisation) runs forward, the
+probabilities run backward through the inverse, and the mask is written with the input's affine / spacing / origin /
+direction. A DICOM series folder is written as NIfTI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from attnseg.data.io import (
+
+    SUPPORTED_SUFFIXES,
+    ImageMeta,
+    ImageReadError,
+    image_suffix,
+    is_dicom_dir,
+    read_image,
+    strip_suffix,
+    write_image,
+)
+from attnseg.data.preprocess import Plan, preprocess_case, restore_geometry
+from attnseg.inference.overlay import save_overlay
+from attnseg.inference.sliding_window import predict_probabilities
+from attnseg.models.registry import create_model
+from attnseg.training.checkpoint import checkpoint_paths, load_weights
+
+__all__ = ["Predictor", "PredictionInput", "find_inputs", "RunError"]
+
+
+class RunError(ValueError):
+    """A run directory is incomplete or inconsistent; the message names the file."""
+
+
+@dataclass
+class PredictionInput:
+    """One case to predict: its channel files (or a DICOM folder) and the output stem."""
+
+    case_id: str
+    paths: list[Path]
+    is_dicom: bool = False
+
+
+def find_inputs(path: Path, num_channels: int) -> list[PredictionInput]:
+    """Cases under ``path``: a file, a DICOM series folder, or a folder of both.
+
+    With several channels, files are grouped by the nnU-Net channel suffix (``CASE_0000``, ``CASE_0001``, ...).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "input not found")
+    if path.is_file() or is_dicom_dir(path):
+        return [PredictionInput(_case_name(path), [path], is_dicom=path.is_dir())]
+    items: list[PredictionInput] = []
+    groups: dict[str, dict[int, Path]] = {}
+    for p in sorted(path.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            if is_dicom_dir(p):
+                items.append(PredictionInput(p.name, [p], is_dicom=True))
+            continue
+        if image_suffix(p) not in SUPPORTED_SUFFIXES:
+            items.append(PredictionInput(p.name, [p]))  # reported as unreadable, not silently skipped
+            continue
+        stem = strip_suffix(p)
+        m = re.fullmatch(r"(.+)_(\d{4})", stem)
+        if num_channels > 1 and m:
+            groups.setdefault(m.group(1), {})[int(m.group(2))] = p
+        else:
+            items.append(PredictionInput(_case_name(p), [p]))
+    for case, channels in groups.items():
+        items.append(PredictionInput(case, [channels[c] for c in sorted(channels)]))
+    return sorted(items, key=lambda i: i.case_id)
+
+
+def _case_name(path: Path) -> str:
+    stem = strip_suffix(path) if path.is_file() else path.name
+    return re.sub(r"_0000$", "", stem)
+
+
+@dataclass
+class Predictor:
+    """A trained model plus the preprocessing it was trained with."""
+
+    model: nn.Module
+    plan: Plan
+    spatial_dims: int
+    slab: int = 1
+    label_names: dict[int, str] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 8
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> Predictor:
+        run = Path(run_dir)
+        files = {name: run / name for name in ("model.json", "plan.json")}
+        for name, p in files.items():
+            if not p.exists():
+                raise RunError(f"{p}: missing; is {run} a run directory written by `attnseg train`?")
+        weights = checkpoint_paths(run, checkpoint)[0]
+        if not weights.exists():
+            hint = " (no validation split: use --checkpoint last)" if checkpoint == "best" else ""
+            raise RunError(f"{weights}: checkpoint {checkpoint!r} not found{hint}")
+        build = json.loads(files["model.json"].read_text())
+        plan = Plan.from_json(files["plan.json"].read_text())
+        model = create_model(build["name"], build["in_channels"], build["num_classes"], **build.get("kwargs", {}))
+        load_weights(model, weights)
+        device = torch.device(device)
+        model.to(device).eval()
+        names = {int(k): v for k, v in build.get("label_names", {}).items()}
+        return cls(model=model, plan=plan, spatial_dims=int(build.get("spatial_dims", plan.spatial_dims)),
+                   slab=int(build.get("slab_size", 1)), label_names=names, device=device)
+
+    @property
+    def num_input_channels(self) -> int:
+        return len(self.plan.channel_kinds) if "rgb" not in self.plan.channel_kinds else 1
+
+    def read(self, item: PredictionInput) -> tuple[np.ndarray, ImageMeta]:
+        arrays, meta = [], None
+        for p in item.paths:
+            arr, m = read_image(p)
+            if arrays and arr.shape[1:] != arrays[0].shape[1:]:
+                raise ImageReadError(p, f"channel shape {arr.shape[1:]} differs from {item.paths[0].name}")
+            arrays.append(arr)
+            meta = meta or m
+        image = np.concatenate(arrays, 0)
+        expected = len(self.plan.channel_kinds)
+        if image.shape[0] != expected:
+            if expected == 1 and image.shape[0] == 3 and meta.rgb:  # gray model, colour file
+                image = image.mean(0, keepdims=True)
+            else:
+                raise ImageReadError(item.paths[0], f"has {image.shape[0]} channel(s); the model was trained on "
+                                                    f"{expected}")
+        if meta.ndim == 3 and not self.plan.data_is_3d:
+            raise ImageReadError(item.paths[0], "is a volume but the model was trained on 2D images")
+        return image, meta
+
+    def predict_case(self, image: np.ndarray, meta: ImageMeta, *, tta: bool = False) -> np.ndarray:
+        """Class probabilities ``[classes, *spatial]`` on the original grid of ``image`` ``[C, *spatial]``."""
+        case = preprocess_case("case", image, None, meta, self.plan)
+        probs = predict_probabilities(self.model, case.image, spatial_dims=self.spatial_dims,
+                                      input_size=self.plan.input_size, geometry=self.plan.geometry, slab=self.slab,
+                                      batch_size=self.batch_size, tta=tta, device=self.device)
+        return restore_geometry(probs, case.geometry, is_label=False)
+
+    def predict_inputs(
+        self, items: Sequence[PredictionInput], output_dir: str | Path, *, tta: bool = False, overlay: bool = False,
+        probabilities: bool = False, on_done: Callable[[PredictionInput, Exception | None], None] | None = None,
+    ) -> dict[str, str]:
+        """Predict each input into ``output_dir``; returns ``{case: error message}`` for inputs that failed."""
+        out = Path(output_dir)
+        failures: dict[str, str] = {}
+        for item in items:
+            error: Exception | None = None
+            try:
+                image, meta = self.read(item)
+                probs = self.predict_case(image, meta, tta=tta)
+                labels = probs.argmax(0).astype(np.uint8 if probs.shape[0] < 256 else np.int16)
+                suffix = ".nii.gz" if item.is_dicom else image_suffix(item.paths[0])
+                if suffix in (".jpg", ".jpeg"):
+                    suffix = ".png"  # masks must be lossless
+                write_image(labels, meta, out / f"{item.case_id}{suffix}")
+                if probabilities:
+                    _save_npz(out / f"{item.case_id}_probabilities.npz", probs.astype(np.float16))
+                if overlay:
+                    save_overlay(out / f"{item.case_id}_overlay.png", image, labels, rgb=meta.rgb)
+            except (ImageReadError, ValueError, RuntimeError, OSError) as exc:
+                error = exc
+                failures[item.case_id] = str(exc)
+            if on_done is not None:
+                on_done(item, error)
+        return failures
+
+
+def _save_npz(path: Path, probabilities: np.ndarray) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez_compressed(tmp, probabilities=probabilities)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+
