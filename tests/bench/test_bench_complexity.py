@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from attnseg.bench.complexity import count_flops, count_parameters, fvcore_macs, mac_bearing, measure_complexity, thop_macs
+from attnseg.bench.complexity import (
+    count_flops,
+    count_parameters,
+    fvcore_macs,
+    mac_bearing,
+    measure_complexity,
+    thop_macs,
+)
 
 
 class TinyConvNet(nn.Module):

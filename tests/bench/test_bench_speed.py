@@ -108,3 +108,36 @@ def test_run_benchmark_rejects_bad_requests() -> None:
         run_benchmark("unet", input_size=[8, 8], model_kwargs={"width": 4}, memory=False)
     with pytest.raises(ValueError, match="batch_size"):
         run_benchmark("unet", batch_size=0, memory=False)
+
+
+class SlabNet(nn.Module):
+    """A 2D net fed K adjacent slices ``[B, C, K, H, W]`` (the registry tag ``"slab"``), predicting the centre."""
+
+    slab_size = 3
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels * self.slab_size, num_classes, 1, bias=False)
+
+    def validate_input_size(self, spatial: tuple[int, ...]) -> None:
+        if len(spatial) != 3 or spatial[0] != self.slab_size:
+            raise ValueError(f"expected (K={self.slab_size}, H, W), got {spatial}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.flatten(1, 2))
+
+
+def test_slab_models_get_k_slices(monkeypatch) -> None:
+    from attnseg.models import registry
+
+    info = registry.ModelInfo("_slab_probe", SlabNet, spatial_dims=2, default_input_size=(8, 8), tags=("slab",))
+    registry.list_models()  # import every model first, so the probe is removed again afterwards
+    monkeypatch.setitem(registry._REGISTRY, "_slab_probe", info)
+    record = run_benchmark("_slab_probe", in_channels=2, num_classes=1, runs=1, warmup=0, memory=False)
+    assert record["input_size"] == [3, 8, 8]
+    assert record["complexity"]["input_shape"] == [1, 2, 3, 8, 8]
+    assert record["complexity"]["flops"] == 2 * (2 * 3) * 1 * 8 * 8  # 1x1 conv, 6 -> 1 channels
+    assert record["input_layout"].startswith("B C K H W")
+    assert run_benchmark("_slab_probe", input_size=[3, 8, 8], runs=1, warmup=0, memory=False)["input_size"] == [3, 8, 8]
+    with pytest.raises(ValueError, match="K=3"):
+        run_benchmark("_slab_probe", input_size=[5, 8, 8], memory=False)

@@ -17,7 +17,14 @@ from attnseg.bench.complexity import (
     thop_macs,
 )
 from attnseg.bench.report import environment_info, render_table, run_benchmark, write_json_atomic
-from attnseg.bench.speed import MemoryResult, SpeedResult, TimingStats, measure_peak_memory, measure_speed, time_callable
+from attnseg.bench.speed import (
+    MemoryResult,
+    SpeedResult,
+    TimingStats,
+    measure_peak_memory,
+    measure_speed,
+    time_callable,
+)
 
 __all__ = [
     "ComplexityResult",

@@ -82,6 +82,9 @@ def resolve_input_size(name: str, input_size: Sequence[int] | None) -> tuple[int
     """The spatial size to benchmark ``name`` at: ``input_size`` checked against the model's dimensionality, or
     the registry's ``default_input_size``.
 
+    Models tagged ``"slab"`` (2D networks fed K adjacent slices, input ``[B, C, K, H, W]``) also accept
+    ``(K, H, W)``; :func:`run_benchmark` adds K from the model when only ``(H, W)`` is given.
+
     Raises:
         KeyError: unknown model.
         ValueError: wrong number of values or a non-positive side.
@@ -92,10 +95,12 @@ def resolve_input_size(name: str, input_size: Sequence[int] | None) -> tuple[int
     if not input_size:
         return tuple(info.default_input_size)
     size = tuple(int(s) for s in input_size)
-    if len(size) != info.spatial_dims:
+    allowed = (info.spatial_dims, info.spatial_dims + 1) if "slab" in info.tags else (info.spatial_dims,)
+    if len(size) not in allowed:
         example = " ".join(str(s) for s in info.default_input_size)
+        extra = " (or K H W: a slab of K slices)" if len(allowed) > 1 else ""
         raise ValueError(
-            f"model {name!r} is {info.spatial_dims}D: --input-size needs {info.spatial_dims} values "
+            f"model {name!r} is {info.spatial_dims}D: --input-size needs {info.spatial_dims} values{extra} "
             f"(e.g. --input-size {example}), got {len(size)}: {list(size)}"
         )
     if min(size) < 1:
@@ -160,7 +165,11 @@ def run_benchmark(
         model = create_model(name, in_channels=in_channels, num_classes=num_classes, **kwargs)
     except TypeError as exc:  # unknown factory keyword
         raise ValueError(f"cannot build {name!r} with options {kwargs}: {exc}") from exc
+    slab = "slab" in info.tags
+    if slab and len(size) == info.spatial_dims:
+        size = (int(model.slab_size), *size)  # slab models take [B, C, K, H, W]
     check_input_size(model, size)
+    layout = "B C K H W (slab of K adjacent slices)" if slab else ("B C H W" if len(size) == 2 else "B C D H W")
 
     old_threads = torch.get_num_threads()
     if threads is not None:
@@ -188,6 +197,7 @@ def run_benchmark(
             "official_repo": info.official_repo,
         },
         "input_size": list(size),
+        "input_layout": layout,
         "params": cx.pop("params"),
         "complexity": {
             **cx,
