@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from attnseg.cli.bench import bench, models
+from attnseg.cli.demo import demo_command
 from attnseg.cli.evaluate import evaluate
 from attnseg.cli.predict import predict_command
 from attnseg.cli.train import train_command
 
 COMMANDS = {
+    "demo": demo_command,
     "train": train_command,
     "predict": predict_command,
     "evaluate": evaluate,

@@ -268,6 +268,8 @@ def write_image(array: np.ndarray, meta: ImageMeta, path: str | os.PathLike) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(array)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
     spatial = meta.ndim
     if arr.ndim == spatial + 1 and arr.shape[0] == 1:
         arr = arr[0]

@@ -1,0 +1,94 @@
+"""Reading/writing images keeps values and geometry (affine, spacing, origin, direction)."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from attnseg.data.io import ImageMeta, ImageReadError, read_image, read_label, write_image
+
+OBLIQUE = np.array([[0.0, -0.8, 0.1, 10.0], [1.2, 0.0, 0.0, -5.0], [0.0, 0.05, 2.5, 30.0], [0, 0, 0, 1.0]])
+
+
+def test_nifti_round_trip_keeps_affine_and_values(tmp_path):
+    data = np.random.default_rng(0).integers(-1000, 1000, size=(5, 6, 7)).astype(np.int16)
+    nib.save(nib.Nifti1Image(data, OBLIQUE), tmp_path / "a.nii.gz")
+    arr, meta = read_image(tmp_path / "a.nii.gz")
+    assert arr.shape == (1, 5, 6, 7) and np.array_equal(arr[0], data)
+    np.testing.assert_allclose(meta.spacing, np.linalg.norm(OBLIQUE[:3, :3], axis=0), rtol=1e-6)
+    mask = (arr[0] > 0).astype(np.uint8)
+    write_image(mask, meta, tmp_path / "m.nii.gz")
+    out = nib.load(tmp_path / "m.nii.gz")
+    assert np.array_equal(out.affine, nib.load(tmp_path / "a.nii.gz").affine)
+    assert np.array_equal(np.asarray(out.dataobj), mask) and out.get_data_dtype() == np.uint8
+
+
+@pytest.mark.parametrize("ext", [".nrrd", ".mha"])
+def test_itk_formats_share_the_voxel_to_ras_affine(tmp_path, ext):
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    nib.save(nib.Nifti1Image(data, OBLIQUE), tmp_path / "a.nii.gz")
+    arr, meta = read_image(tmp_path / "a.nii.gz")
+    write_image(arr, meta, tmp_path / f"a{ext}")
+    arr2, meta2 = read_image(tmp_path / f"a{ext}")
+    assert np.array_equal(arr2, arr)
+    np.testing.assert_allclose(meta2.affine, meta.affine, atol=1e-5)
+    # SimpleITK reads the same file with LPS origin = RAS origin with x, y negated
+    img = sitk.ReadImage(str(tmp_path / f"a{ext}"))
+    np.testing.assert_allclose(img.GetOrigin(), [-10.0, 5.0, 30.0], atol=1e-5)
+
+
+def test_dicom_series_folder(tmp_path):
+    from conftest import FIXTURES
+
+    arr, meta = read_image(FIXTURES / "dicom_series")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(FIXTURES / "dicom_series")))
+    ref = reader.Execute()
+    assert arr.shape == (1, *ref.GetSize())  # i, j, k order
+    assert np.array_equal(arr[0], np.transpose(sitk.GetArrayFromImage(ref), (2, 1, 0)))
+    np.testing.assert_allclose(meta.spacing, ref.GetSpacing())
+    write_image(arr[0] > arr.mean(), meta, tmp_path / "seg.nii.gz")
+    written = nib.load(tmp_path / "seg.nii.gz")
+    np.testing.assert_allclose(written.affine, meta.affine, atol=1e-4)
+    np.testing.assert_allclose(written.affine[:3, 3], [-ref.GetOrigin()[0], -ref.GetOrigin()[1], ref.GetOrigin()[2]],
+                               atol=1e-3)
+
+
+def test_png_rgb_and_label(tmp_path):
+    rgb = np.random.default_rng(1).integers(0, 256, size=(7, 9, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    arr, meta = read_image(tmp_path / "x.png")
+    assert meta.rgb and arr.shape == (3, 7, 9) and np.array_equal(np.moveaxis(arr, 0, -1), rgb)
+    Image.fromarray((rgb[..., 0] > 128).astype(np.uint8)).save(tmp_path / "m.png")
+    label, _ = read_label(tmp_path / "m.png")
+    assert label.shape == (7, 9) and set(np.unique(label)) <= {0, 1}
+    write_image(label, meta, tmp_path / "out.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), label)
+
+
+def test_corrupt_truncated_missing_and_unsupported_files(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 20), np.float32), np.eye(4)), tmp_path / "ok.nii.gz")
+    raw = (tmp_path / "ok.nii.gz").read_bytes()
+    (tmp_path / "trunc.nii.gz").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    (tmp_path / "x.txt").write_text("hello")
+    for name, problem in (("trunc.nii.gz", "corrupt or truncated"), ("junk.png", "corrupt"),
+                          ("missing.nii.gz", "not found"), ("x.txt", "unsupported")):
+        with pytest.raises(ImageReadError, match=problem) as info:
+            read_image(tmp_path / name)
+        assert name in str(info.value)
+
+
+def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
+    meta = ImageMeta(spacing=(1.0, 1.0, 1.0), affine=np.eye(4))
+    write_image(np.zeros((3, 3, 3), np.uint8), meta, tmp_path / "a.nii.gz")
+    with pytest.raises(ValueError):
+        write_image(np.zeros((3, 3, 3), np.uint8), meta, tmp_path / "a.unknown")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz"]
+    with gzip.open(tmp_path / "a.nii.gz") as fh:
+        assert len(fh.read()) > 0
