@@ -51,7 +51,8 @@ def markdown_table(doc: dict[str, Any]) -> str:
         f"(each row is `attnseg bench --model NAME --in-channels {s['in_channels']} "
         f"--num-classes {s['num_classes']}` at the model's default input size).",
         "",
-        "| Model | Input | Params (M) | MACs (G) | FLOPs (G) | thop MACs (G) | CPU fwd ms (IQR) | CPU fwd+bwd ms (IQR) |",
+        "| Model | Input | Params (M) | MACs (G) | FLOPs (G) | thop MACs (G) "
+        "| CPU fwd ms (IQR) | CPU fwd+bwd ms (IQR) |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []

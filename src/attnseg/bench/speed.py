@@ -291,8 +291,8 @@ def measure_peak_memory(
     """Peak memory (MiB above the model+input baseline) of one forward and one forward+backward call.
 
     On CPU each figure is measured in a fresh subprocess (see the module docstring). A model built by
-    :func:`attnseg.models.create_model` is rebuilt there from its registry record; any other model is pickled with
-    ``torch.save`` (its class must be importable). Failures leave the figures ``None`` with ``error`` set.
+    :func:`attnseg.models.create_model` is rebuilt there from its registry record (same architecture; weights do not
+    matter for memory); any other model is pickled with ``torch.save`` (its class must be importable). Failures leave the figures ``None`` with ``error`` set.
 
     Args:
         model: the network.
@@ -320,6 +320,11 @@ def measure_peak_memory(
 
     spec: dict[str, Any] = {"input_shape": [int(s) for s in input_shape], "threads": torch.get_num_threads()}
     build = getattr(model, "attnseg_build", None)
+    if build:
+        try:
+            json.dumps(build)
+        except TypeError:  # e.g. a module passed as an option: pickle the model instead
+            build = None
     tmp_path = None
     try:
         if build:
