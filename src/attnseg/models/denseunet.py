@@ -262,7 +262,9 @@ class DenseUNet(nn.Module):
 
 _PAPER = "Zhang, Dong, Li, Joint Attention for Medical Image Segmentation, ISBI 2022 (reconstruction; no code)"
 # CPU-friendly widths for tests, demos and ablations (about 60 k parameters, 0.06 % of the default).
-SMALL_KWARGS: dict[str, Any] = {"growth_rate": 8, "block_layers": (2, 2, 2, 2), "stem_channels": 16, "head_channels": 16}
+SMALL_KWARGS: dict[str, Any] = {
+    "growth_rate": 8, "block_layers": (2, 2, 2, 2), "stem_channels": 16, "head_channels": 16
+}
 
 
 @register_model("denseunet", paper=_PAPER, official_repo="moliqingcha/DACN", input_divisor=32,

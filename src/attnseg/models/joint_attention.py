@@ -64,7 +64,7 @@ FUSIONS = ("logit", "parallel", "mix")
 def _pair_odd(mask_size: int | tuple[int, int]) -> tuple[int, int]:
     size = (mask_size, mask_size) if isinstance(mask_size, int) else tuple(int(s) for s in mask_size)
     if len(size) != 2 or any(s < 1 or s % 2 == 0 for s in size):
-        raise ValueError(f"mask_size must be one or two odd positive ints (2*side-1 of the feature map), got {mask_size}")
+        raise ValueError(f"mask_size must be one or two odd ints >= 1 (2*side-1 of the feature map), got {mask_size}")
     return size  # type: ignore[return-value]
 
 
@@ -217,7 +217,8 @@ class UnifiedSpatialAttention(nn.Module):
         d = channels // 2 if inner_channels is None else int(inner_channels)
         if channels < 1 or d < 1:
             raise ValueError(f"channels and inner_channels must be >= 1, got {channels} and {inner_channels}")
-        self.terms = tuple(t for t, on in (("content", content), ("collect", collect), ("distribute", distribute)) if on)
+        switches = (("content", content), ("collect", collect), ("distribute", distribute))
+        self.terms = tuple(t for t, on in switches if on)
         if not self.terms:
             raise ValueError("at least one of content, collect, distribute must be True (use nn.Identity for none)")
         if fusion not in FUSIONS:
