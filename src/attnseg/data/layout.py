@@ -68,6 +68,11 @@ class DatasetInfo:
         return len(self.channel_names)
 
     @property
+    def num_channel_files(self) -> int:
+        """Files per case: one per channel, except RGB images, which keep their three colours in one file."""
+        return 1 if self.is_rgb else self.num_channels
+
+    @property
     def label_values(self) -> list[int]:
         return sorted(set(self.labels.values()))
 
@@ -217,8 +222,8 @@ def load_dataset(root: str | os.PathLike) -> DatasetInfo:
         file_ending=file_ending,
         raw=raw,
     )
-    info.cases.update(_find_cases(root, "Tr", file_ending, info.num_channels))
-    info.cases.update(_find_cases(root, "Ts", file_ending, info.num_channels))
+    info.cases.update(_find_cases(root, "Tr", file_ending, info.num_channel_files))
+    info.cases.update(_find_cases(root, "Ts", file_ending, info.num_channel_files))
     if not info.training_cases():
         raise DatasetError(f"{root / 'imagesTr'}: no training images ending in {file_ending!r}")
     return info

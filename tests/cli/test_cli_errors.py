@@ -1,0 +1,109 @@
+"""Bad input gives one clear line naming the file or option, exit code 2, and leaves no run directory."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from attnseg.cli.args import join_multi_value_options
+from attnseg.cli.main import app
+
+runner = CliRunner()
+
+
+def _train(data, out, *extra):
+    args = ["train", "--model", "unet", "--data", str(data), "--out", str(out), "--iterations", "1",
+            "--batch-size", "1", "--input-size", "32", "32", "--num-workers", "0", "-q", *extra]
+    return runner.invoke(app, join_multi_value_options(args))
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "ds"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _assert_clean_error(result, *fragments, out=None):
+    assert result.exit_code == 2, result.output
+    text = result.output
+    assert "Traceback" not in text and "error:" in text
+    for f in fragments:
+        assert f in text, text
+    if out is not None:
+        assert not out.exists(), "a run directory was left behind"
+
+
+def test_missing_dataset_json(ct_dataset, tmp_path):
+    ds = _copy(ct_dataset, tmp_path)
+    (ds / "dataset.json").unlink()
+    _assert_clean_error(_train(ds, tmp_path / "run"), "dataset.json", out=tmp_path / "run")
+
+
+def test_label_value_not_in_labels(ct_dataset, tmp_path):
+    ds = _copy(ct_dataset, tmp_path)
+    path = ds / "labelsTr" / "train001.nii.gz"
+    img = nib.load(path)
+    data = np.asarray(img.dataobj).copy()
+    data[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(data, img.affine), path)
+    _assert_clean_error(_train(ds, tmp_path / "run", "--fold", "all"), "train001.nii.gz", "[7]",
+                        out=tmp_path / "run")
+
+
+def test_shape_and_spacing_mismatch(ct_dataset, tmp_path):
+    ds = _copy(ct_dataset, tmp_path)
+    path = ds / "labelsTr" / "train000.nii.gz"
+    img = nib.load(path)
+    data = np.asarray(img.dataobj).copy()
+    nib.save(nib.Nifti1Image(data[:-1], img.affine), path)
+    _assert_clean_error(_train(ds, tmp_path / "run", "--fold", "all"), "train000.nii.gz", "shape",
+                        out=tmp_path / "run")
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 1.5, 3.0, 1.0])), path)
+    _assert_clean_error(_train(ds, tmp_path / "run", "--fold", "all"), "train000.nii.gz", "spacing",
+                        out=tmp_path / "run")
+
+
+def test_corrupt_image(ct_dataset, tmp_path):
+    ds = _copy(ct_dataset, tmp_path)
+    path = ds / "imagesTr" / "train002_0000.nii.gz"
+    path.write_bytes(path.read_bytes()[:200])
+    _assert_clean_error(_train(ds, tmp_path / "run", "--fold", "all"), "train002_0000.nii.gz",
+                        out=tmp_path / "run")
+
+
+def test_unknown_model_and_bad_sizes(ct_dataset, tmp_path):
+    result = runner.invoke(app, ["train", "--model", "unte", "--data", str(ct_dataset), "--out", str(tmp_path / "r")])
+    _assert_clean_error(result, "unknown model 'unte'", "Did you mean 'unet'", out=tmp_path / "r")
+    _assert_clean_error(_train(ct_dataset, tmp_path / "r", "--input-size", "30", "30"), "multiples of 16",
+                        out=tmp_path / "r")
+    _assert_clean_error(_train(ct_dataset, tmp_path / "r", "--input-size", "32", "32", "32"), "2D",
+                        out=tmp_path / "r")
+    _assert_clean_error(_train(ct_dataset, tmp_path / "r", "--fold", "fold9"), "fold9", out=tmp_path / "r")
+    _assert_clean_error(_train(ct_dataset, tmp_path / "r", "--optimizer", "lion"), "--optimizer",
+                        out=tmp_path / "r")
+
+
+def test_predict_missing_run(tmp_path):
+    result = runner.invoke(app, ["predict", "--run", str(tmp_path), "--input", str(tmp_path), "--output",
+                                 str(tmp_path / "o")])
+    _assert_clean_error(result, "model.json")
+
+
+@pytest.mark.parametrize("cmd", [[], ["train"], ["predict"], ["evaluate"], ["bench"], ["models"], ["demo"]])
+def test_help_is_available(cmd):
+    result = runner.invoke(app, [*cmd, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_help_does_not_import_heavy_libraries():
+    # --help must answer fast: building the CLI may not import torch, monai, timm or scipy.
+    code = ("import sys, attnseg.cli.main; heavy = [m for m in ('torch', 'monai', 'timm', 'scipy', 'nibabel') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

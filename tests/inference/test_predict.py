@@ -1,0 +1,114 @@
+"""Prediction writes masks on exactly the input grid, for NIfTI, DICOM series and 2D images."""
+
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+from typer.testing import CliRunner
+
+from attnseg.cli.args import join_multi_value_options
+from attnseg.cli.main import app
+from attnseg.config import AugmentConfig, TrainConfig
+from attnseg.training.trainer import train
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def ct_run(ct_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "ct"
+    cfg = TrainConfig(model="unet", model_kwargs={"width": 4}, data=str(ct_dataset), out=str(out), iterations=4,
+                      batch_size=2, input_size=[32, 32], num_workers=0, val_every=2, augment=AugmentConfig(0, 0, 0))
+    train(cfg, progress=False)
+    return out
+
+
+def _predict(run, inp, out, *extra):
+    return runner.invoke(app, join_multi_value_options(["predict", "--run", str(run), "--input", str(inp),
+                                                        "--output", str(out), "--device", "cpu", *extra]))
+
+
+def test_nifti_with_oblique_affine_keeps_its_affine(ct_run, ct_dataset, tmp_path):
+    src = nib.load(ct_dataset / "imagesTs" / "test000_0000.nii.gz")
+    rot = np.array([[0, -1, 0], [1, 0, 0], [0, 0, -1]], float) @ np.diag([1.1, 0.9, 2.5])
+    affine = np.eye(4)
+    affine[:3, :3] = rot
+    affine[:3, 3] = [12.5, -30.0, 80.0]
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj), affine), tmp_path / "oblique.nii.gz")
+    result = _predict(ct_run, tmp_path / "oblique.nii.gz", tmp_path / "out", "--probabilities", "--overlay")
+    assert result.exit_code == 0, result.output
+    mask = nib.load(tmp_path / "out" / "oblique.nii.gz")
+    assert np.array_equal(mask.affine, nib.load(tmp_path / "oblique.nii.gz").affine)
+    assert mask.shape == src.shape and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+    probs = np.load(tmp_path / "out" / "oblique_probabilities.npz")["probabilities"]
+    assert probs.shape == (3, *src.shape)
+    np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=5e-3)
+    assert (probs.argmax(0) == np.asarray(mask.dataobj)).mean() > 0.98  # float16 storage may flip near-ties
+    assert (tmp_path / "out" / "oblique_overlay.png").exists()
+
+
+def test_reoriented_copy_gets_the_same_segmentation(ct_run, ct_dataset, tmp_path):
+    # The same scan stored with flipped/permuted axes must give the same mask in world space.
+    src = nib.load(ct_dataset / "imagesTs" / "test000_0000.nii.gz")
+    data = np.asarray(src.dataobj)
+    flipped = data[::-1].transpose(1, 0, 2)
+    aff = src.affine.copy()
+    # voxel (j, i', k) of the new array = voxel (n_i - 1 - i', j, k) of the old one
+    n_i = data.shape[0]
+    new = np.zeros((4, 4))
+    new[:, 0] = src.affine[:, 1]
+    new[:, 1] = -src.affine[:, 0]
+    new[:, 2] = src.affine[:, 2]
+    new[:3, 3] = src.affine[:3, 3] + (n_i - 1) * src.affine[:3, 0]
+    new[3, 3] = 1
+    nib.save(nib.Nifti1Image(flipped, new), tmp_path / "b.nii.gz")
+    nib.save(nib.Nifti1Image(data, aff), tmp_path / "a.nii.gz")
+    assert _predict(ct_run, tmp_path / "a.nii.gz", tmp_path / "o1").exit_code == 0
+    assert _predict(ct_run, tmp_path / "b.nii.gz", tmp_path / "o2").exit_code == 0
+    a = np.asarray(nib.load(tmp_path / "o1" / "a.nii.gz").dataobj)
+    b = np.asarray(nib.load(tmp_path / "o2" / "b.nii.gz").dataobj)
+    assert np.array_equal(a[::-1].transpose(1, 0, 2), b)
+
+
+def test_dicom_series_gives_nifti_on_the_dicom_grid(ct_run, tmp_path):
+    from conftest import FIXTURES
+
+    result = _predict(ct_run, FIXTURES / "dicom_series", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(FIXTURES / "dicom_series")))
+    ref = reader.Execute()
+    mask = sitk.ReadImage(str(tmp_path / "out" / "dicom_series.nii.gz"))
+    assert mask.GetSize() == ref.GetSize()
+    np.testing.assert_allclose(mask.GetSpacing(), ref.GetSpacing(), rtol=1e-5)
+    np.testing.assert_allclose(mask.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(mask.GetDirection(), ref.GetDirection(), atol=1e-5)
+
+
+def test_folder_continues_past_bad_files(ct_run, ct_dataset, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(ct_dataset / "imagesTs" / "test000_0000.nii.gz", folder / "good_0000.nii.gz")
+    (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    (folder / "notes.txt").write_text("not an image")
+    result = _predict(ct_run, folder, tmp_path / "out")
+    assert result.exit_code == 1
+    assert "broken" in result.output and "notes.txt" in result.output and "1 of 3" in result.output
+    assert (tmp_path / "out" / "good.nii.gz").exists() and not (tmp_path / "out" / "broken.nii.gz").exists()
+
+
+def test_png_model_round_trip(rgb_dataset, tmp_path):
+    out = tmp_path / "run"
+    cfg = TrainConfig(model="unet", model_kwargs={"width": 4}, data=str(rgb_dataset), out=str(out), iterations=3,
+                      batch_size=2, input_size=[32, 32], geometry="resize", loss="bce_dice", num_workers=0,
+                      val_every=3, augment=AugmentConfig(0, 0, 0))
+    train(cfg, progress=False)
+    img = rgb_dataset / "imagesTr" / "img000_0000.png"
+    assert _predict(out, img, tmp_path / "pred", "--tta").exit_code == 0
+    mask = np.asarray(Image.open(tmp_path / "pred" / "img000.png"))
+    assert mask.shape == np.asarray(Image.open(img)).shape[:2] and set(np.unique(mask)) <= {0, 1}

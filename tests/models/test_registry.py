@@ -1,0 +1,52 @@
+"""Registry contract: names, factories, logits shape, errors, and the feature interface."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnseg
+from attnseg.models.registry import check_input_size, has_feature_interface, model_info, register_model
+
+
+def test_public_api_lists_and_builds():
+    names = attnseg.list_models()
+    assert {"unet", "unet3d", "malunet", "mdsa_unet", "msa2net", "salstm", "lstmsa", "ja_denseunet"} <= set(names)
+    assert names == sorted(names) and set(attnseg.list_models("unet")) >= {"unet", "unet3d", "mtunet"}
+
+
+@pytest.mark.parametrize("name,shape", [("unet", (2, 1, 32, 48)), ("unet3d", (1, 2, 16, 32, 16))])
+def test_baselines_return_logits_at_input_resolution(name, shape):
+    torch.manual_seed(0)
+    model = attnseg.create_model(name, in_channels=shape[1], num_classes=4, width=4).eval()
+    x = torch.randn(shape)
+    y = model(x)
+    assert y.shape == (shape[0], 4, *shape[2:]) and torch.isfinite(y).all()
+    assert not torch.allclose(y, model(torch.randn(shape)))  # depends on the input
+    assert torch.allclose(model.forward_head(model.forward_features(x)), y)
+    assert has_feature_interface(model) and model.attnseg_build["kwargs"] == {"width": 4}
+
+
+def test_width_changes_parameter_count():
+    small = sum(p.numel() for p in attnseg.create_model("unet", 1, 2, width=4).parameters())
+    large = sum(p.numel() for p in attnseg.create_model("unet", 1, 2, width=8).parameters())
+    assert 3.5 < large / small < 4.1  # conv weights scale with width^2
+
+
+def test_unknown_name_duplicate_name_and_bad_args():
+    with pytest.raises(KeyError, match="Did you mean 'malunet'"):
+        model_info("malunte")
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("unet")(lambda i, n: None)
+    with pytest.raises(ValueError, match="in_channels"):
+        attnseg.create_model("unet", 0, 2)
+    with pytest.raises(ValueError, match="num_classes"):
+        attnseg.create_model("unet", 1, 0)
+
+
+def test_input_size_validation_is_clear():
+    model = attnseg.create_model("unet", 1, 2, width=4)
+    with pytest.raises(ValueError, match=r"multiples of 16.*\(32, 48\)"):
+        check_input_size(model, (30, 40))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model(torch.zeros(1, 1, 30, 40))

@@ -1,0 +1,103 @@
+"""The trainer: the loss falls on the demo CT, resume equals an uninterrupted run, checkpoints are complete."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from attnseg.config import AugmentConfig, TrainConfig
+from attnseg.training import checkpoint as ckpt
+from attnseg.training.trainer import Trainer, train
+
+
+def _cfg(data, out, **kw) -> TrainConfig:
+    base = dict(model="unet", model_kwargs={"width": 8}, data=str(data), out=str(out), iterations=12, batch_size=2,
+                input_size=[48, 48], lr=3e-3, optimizer="adamw", scheduler="cosine", num_workers=0, val_every=4,
+                log_every=2, seed=7, augment=AugmentConfig(rotate=0.5, scale=0.5, intensity=0.5, noise=0.5))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_loss_decreases_on_demo_ct(demo_dataset, tmp_path):
+    cfg = _cfg(demo_dataset, tmp_path / "run", iterations=40, batch_size=4, lr=1e-2, target_spacing=[4.5, 4.5],
+               input_size=[64, 64], foreground_prob=0.9, val_every=20, log_every=5,
+               augment=AugmentConfig(flip=0, rotate=0, scale=0, intensity=0, noise=0))
+    summary = train(cfg, progress=False)
+    with open(tmp_path / "run" / "log.csv") as fh:
+        losses = [float(r["loss"]) for r in csv.DictReader(fh) if r.get("loss")]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert summary["selected_on"] == "val" and summary["best_val_dice"] > 0
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.yaml", "plan.json", "model.json", "split.json", "log.csv", "checkpoints"} <= files
+    build = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert build["name"] == "unet" and build["num_classes"] == 9 and build["label_names"]["6"] == "liver"
+    state = ckpt.load_state(tmp_path / "run" / "checkpoints" / "last_state.pt")  # weights_only=True
+    assert state["iteration"] == 40 and "optimizer" in state
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _StopAt(Trainer):
+    """A trainer that dies after ``stop`` steps, like a killed job."""
+
+    stop = 7
+
+    def train_step(self, image, label):
+        if self.iteration == self.stop:
+            raise _Interrupted
+        return super().train_step(image, label)
+
+
+def test_resume_equals_uninterrupted(ct_dataset, tmp_path):
+    full = _cfg(ct_dataset, tmp_path / "full")
+    train(full, progress=False)
+
+    part = _cfg(ct_dataset, tmp_path / "part")
+    trainer = _StopAt(part, progress=False)
+    trainer._seed_everything()
+    trainer.setup()
+    with pytest.raises(_Interrupted):
+        trainer.run()
+    assert ckpt.load_state(tmp_path / "part" / "checkpoints" / "last_state.pt")["iteration"] == 4
+    train(part, resume=True, progress=False)
+
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "last.safetensors"))
+    b = load_file(str(tmp_path / "part" / "checkpoints" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    with open(tmp_path / "full" / "log.csv") as f1, open(tmp_path / "part" / "log.csv") as f2:
+        l1 = [float(r["loss"]) for r in csv.DictReader(f1)]
+        l2 = [float(r["loss"]) for r in csv.DictReader(f2)]
+    assert l1 == pytest.approx(l2, rel=1e-5)
+
+
+def test_existing_run_is_not_overwritten_without_resume(ct_dataset, tmp_path):
+    cfg = _cfg(ct_dataset, tmp_path / "run", iterations=2, val_every=2)
+    train(cfg, progress=False)
+    before = (tmp_path / "run" / "checkpoints" / "last.safetensors").read_bytes()
+    from attnseg.config import ConfigError
+
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg, progress=False)
+    assert (tmp_path / "run" / "checkpoints" / "last.safetensors").read_bytes() == before
+
+
+def test_schedulers_follow_their_formulas(ct_dataset, tmp_path):
+    for name, expected in (("poly", lambda t: (1 - t / 10) ** 0.9), ("cosine", lambda t: 0.5 * (1 + torch.cos(
+            torch.tensor(torch.pi * t / 10)).item()))):
+        cfg = _cfg(ct_dataset, tmp_path / name, iterations=10, scheduler=name, lr=1.0)
+        trainer = Trainer(cfg, progress=False)
+        trainer.setup()
+        lrs = []
+        for _ in range(10):
+            lrs.append(trainer.optimizer.param_groups[0]["lr"])
+            trainer.optimizer.step()
+            trainer.scheduler.step()
+        assert lrs == pytest.approx([expected(t) for t in range(10)], rel=1e-6)
