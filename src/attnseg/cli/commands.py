@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from attnseg.cli.bench import bench, models
+from attnseg.cli.convert_weights import convert_weights_command
 from attnseg.cli.demo import demo_command
 from attnseg.cli.evaluate import evaluate
 from attnseg.cli.predict import predict_command
@@ -15,4 +16,5 @@ COMMANDS = {
     "evaluate": evaluate,
     "bench": bench,
     "models": models,
+    "convert-weights": convert_weights_command,
 }

@@ -1,0 +1,78 @@
+"""``attnseg convert-weights``: an official checkpoint -> our model's weights (safetensors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+__all__ = ["convert_weights_command", "read_official_state_dict"]
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network_weights")
+
+
+def read_official_state_dict(path: Path) -> dict[str, Any]:
+    """Tensors of an official checkpoint (``.pth``/``.pt`` via ``torch.load(weights_only=True)``, or safetensors).
+
+    Unwraps ``{"state_dict": ...}``-style containers and the ``module.`` prefix of ``nn.DataParallel``.
+    """
+    import torch
+
+    from attnseg.data.io import ImageReadError
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ImageReadError(path, f"cannot load as a weights-only PyTorch checkpoint ({type(exc).__name__}: "
+                                       f"{str(exc).splitlines()[0][:200]})") from None
+    for key in _WRAPPER_KEYS:
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ImageReadError(path, "does not hold a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def convert_weights_command(
+    checkpoint: Path = typer.Argument(..., help="Official checkpoint (.pth/.pt, read with weights_only=True)."),
+    output: Path = typer.Argument(..., help="Output .safetensors file (our parameter names)."),
+    official_class: str = typer.Option(..., "--official-class", help="Official class, e.g. models.malunet.MALUNet."),
+    kwargs: Optional[str] = typer.Option(None, "--kwargs", help="Official constructor kwargs as JSON."),
+) -> None:
+    """Map an official checkpoint onto attnseg's model (strict: every tensor used, every parameter filled)."""
+    from rich.console import Console
+
+    from attnseg.cli.args import parse_json_kwargs
+    from attnseg.config import ConfigError
+    from attnseg.models.official import from_official
+    from attnseg.training.checkpoint import save_weights
+
+    try:
+        constructor_kwargs = parse_json_kwargs(kwargs, "--kwargs")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if output.suffix != ".safetensors":
+        raise ConfigError(f"{output}: the output must be a .safetensors file")
+    state = read_official_state_dict(checkpoint)
+    model = from_official(official_class, state, **constructor_kwargs)
+    build = getattr(model, "attnseg_build", None)
+    metadata = {"official_class": official_class, "official_kwargs": json.dumps(constructor_kwargs),
+                "source": checkpoint.name}
+    if build:
+        metadata["attnseg_build"] = json.dumps(build)
+    save_weights(model, output, metadata)
+    n = sum(p.numel() for p in model.parameters())
+    Console().print(f"[green]converted[/] {len(state)} official tensors -> {output} ({type(model).__name__}, {n:,} "
+                    f"parameters)")
