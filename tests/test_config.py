@@ -1,0 +1,43 @@
+"""Typed config: recipes, overrides, validation, and the resolved config round trip."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from attnseg.config import ConfigError, TrainConfig, config_to_dict, load_recipe, merge_config
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = merge_config(TrainConfig(), {"model": "malunet", "input_size": [256, 256], "augment": {"rotate": 0.5},
+                                       "ct_window": [1, 99], "fold": 0})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
+    assert load_recipe(tmp_path / "c.yaml") == cfg
+    assert cfg.fold == "0" and cfg.augment.rotate == 0.5 and cfg.augment.flip == TrainConfig().augment.flip
+
+
+def test_unknown_keys_name_the_file_and_key(tmp_path):
+    (tmp_path / "r.yaml").write_text("model: unet\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: unknown key\(s\) \['learning_rate'\]"):
+        load_recipe(tmp_path / "r.yaml")
+    (tmp_path / "a.yaml").write_text("augment:\n  flips: 0.5\n")
+    with pytest.raises(ConfigError, match="augment"):
+        load_recipe(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("batch_size", 0, "--batch-size"), ("optimizer", "lion", "--optimizer"), ("input_size", [224], "--input-size"),
+    ("slab_size", 2, "slab_size"), ("lr", -1.0, "--lr"),
+])
+def test_validation_names_the_option(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        merge_config(TrainConfig(), {field: value}).validate()
+
+
+def test_epochs_and_iterations():
+    with pytest.raises(ConfigError, match="either"):
+        TrainConfig(iterations=10, epochs=2).validate()
+    assert TrainConfig(epochs=3).total_iterations(7) == 21
+    assert TrainConfig(iterations=10).total_iterations(7) == 10 and TrainConfig.derived_epochs(10, 7) == 2
