@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["demo_dataset_path", "demo_config", "run_demo"]
+__all__ = ["demo_dataset_path", "demo_config", "evaluate_on_test", "run_demo"]
 
 DEMO_DATASET = "Dataset001_TotalSegDemo"
 
@@ -61,19 +61,41 @@ def demo_config(out: Path, iterations: int = 240, device: str = "auto") -> Any:
     )
 
 
+def evaluate_on_test(run_dir: Path, out: Path, *, checkpoint: str = "best", device: str = "cpu",
+                     overlays: bool = True, protocol: str = "strict") -> dict[str, Any]:
+    """Predict the dataset's test split with a trained run, save masks (and overlays), return the summary dict."""
+    import numpy as np
+
+    from attnseg.data.io import read_image, read_label, write_image
+    from attnseg.data.layout import load_dataset, load_splits
+    from attnseg.evaluation.evaluate import evaluate_arrays
+    from attnseg.inference.overlay import save_overlay
+    from attnseg.inference.predictor import Predictor
+
+    predictor = Predictor.from_run(run_dir, checkpoint=checkpoint, device=device)
+    info = load_dataset(json.loads((Path(run_dir) / "model.json").read_text())["dataset"])
+    test_ids = load_splits(info, write_if_missing=False)["test"]
+    pairs = []
+    for cid in test_ids:
+        case = info.cases[cid]
+        image, meta = read_image(case.images[0])
+        gt, _ = read_label(case.label)
+        labels = predictor.predict_case(image, meta).argmax(0).astype(np.uint8)
+        write_image(labels, meta, out / "predictions" / f"{cid}{info.file_ending}")
+        if overlays:
+            save_overlay(out / "overlays" / f"{cid}.png", image, labels, gt)
+        pairs.append((cid, labels, gt, meta.spacing))
+    return evaluate_arrays(pairs, labels=info.labels, protocol=protocol)
+
+
 def run_demo(out: Path, *, iterations: int = 240, device: str = "auto", progress: bool = True,
              console: Any = None) -> dict[str, Any]:
     """Train, predict the held-out scan, evaluate (strict protocol), write overlays and ``out/summary.json``."""
-    import numpy as np
     from rich.console import Console
 
     from attnseg.data.layout import load_dataset, load_splits
-    from attnseg.data.io import read_image, read_label
-    from attnseg.evaluation.evaluate import evaluate_arrays, print_summary, save_summary
-    from attnseg.inference.overlay import save_overlay
-    from attnseg.inference.predictor import Predictor
-    from attnseg.data.io import write_image
-    from attnseg.training.trainer import train
+    from attnseg.evaluation.evaluate import print_summary, save_summary
+    from attnseg.training.trainer import resolve_device, train
 
     console = console or Console()
     out = Path(out)
@@ -86,26 +108,14 @@ def run_demo(out: Path, *, iterations: int = 240, device: str = "auto", progress
     if resume:
         console.print(f"continuing the existing run in {cfg.out}")
     train(cfg, resume=resume, progress=progress)
-
-    predictor = Predictor.from_run(cfg.out, checkpoint="best", device=device if device != "auto" else "cpu")
-    pairs = []
-    for cid in test_ids:
-        case = info.cases[cid]
-        image, meta = read_image(case.images[0])
-        gt, _ = read_label(case.label)
-        labels = predictor.predict_case(image, meta).argmax(0).astype(np.uint8)
-        write_image(labels, meta, out / "predictions" / f"{cid}{info.file_ending}")
-        save_overlay(out / "overlays" / f"{cid}.png", image, labels, gt)
-        pairs.append((cid, labels, gt, meta.spacing))
-    summary = evaluate_arrays(pairs, labels=info.labels, protocol="strict")
+    summary = evaluate_on_test(Path(cfg.out), out, device=str(resolve_device(device)))
     summary["demo"] = {"train_config": dataclasses.asdict(cfg), "test_cases": test_ids,
                        "note": "organs absent from the test scan count as correct only if nothing is predicted"}
     save_summary(summary, out / "summary.json")
     print_summary(summary, console=console)
-    dice = {name: round(v["dice"], 4) for name, v in summary["per_class"].items()}
     console.print(f"summary: {out / 'summary.json'}; overlays: {out / 'overlays'}")
-    return {"dice": dice, "summary_path": str(out / "summary.json")}
+    return summary
 
 
 if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps(run_demo(Path("attnseg-demo")), indent=2))
+    run_demo(Path("attnseg-demo"))
