@@ -41,8 +41,7 @@ def main() -> None:
             summary = train(cfg, progress=False)
             test = evaluate_on_test(Path(cfg.out), Path(tmp) / attention, overlays=False)
             model = create_model("ja_denseunet_small", 1, 9, **kwargs).eval()
-            x = torch.randn(1, 1, SIZE, SIZE)
-            complexity = measure_complexity(model, [x])
+            complexity = measure_complexity(model, (1, 1, SIZE, SIZE), use_thop=False)
             speed = measure_speed(model, (1, 1, SIZE, SIZE), runs=10, warmup=2)
             rows.append({
                 "attention": attention,
