@@ -25,6 +25,7 @@ from attnseg.config import ConfigError, TrainConfig, config_to_dict
 from attnseg.data.datasets import CaseCache, SliceSampler
 from attnseg.data.layout import DatasetError, DatasetInfo, load_dataset, load_splits
 from attnseg.data.preprocess import Plan, load_case, make_plan, preprocess_case
+from attnseg.evaluation.metrics import confusion_counts, dice_from_counts
 from attnseg.inference.sliding_window import predict_probabilities
 from attnseg.models.registry import check_input_size, create_model, model_info
 from attnseg.training import checkpoint as ckpt
@@ -47,12 +48,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def dice_per_class(pred: np.ndarray, gt: np.ndarray, labels: list[int]) -> dict[int, float]:
-    """Dice per label (1 when both are empty)."""
+    """Dice per label (1 when both are empty, as in the ``strict`` protocol)."""
     out = {}
     for k in labels:
-        p, g = pred == k, gt == k
-        denom = int(p.sum()) + int(g.sum())
-        out[k] = 1.0 if denom == 0 else 2.0 * int(np.logical_and(p, g).sum()) / denom
+        c = confusion_counts(pred == k, gt == k)
+        out[k] = dice_from_counts(c["tp"], c["fp"], c["fn"], empty=1.0)
     return out
 
 
