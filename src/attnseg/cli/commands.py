@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from attnseg.cli.bench import bench, models
+from attnseg.cli.convert import convert_dataset
 from attnseg.cli.convert_weights import convert_weights_command
 from attnseg.cli.demo import demo_command
 from attnseg.cli.evaluate import evaluate
@@ -16,5 +17,6 @@ COMMANDS = {
     "evaluate": evaluate,
     "bench": bench,
     "models": models,
+    "convert-dataset": convert_dataset,
     "convert-weights": convert_weights_command,
 }
