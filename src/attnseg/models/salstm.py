@@ -97,6 +97,12 @@ def channel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     """Self-attention whose tokens are the channels: ``softmax(scale * Q K^T) V`` over ``[B, C, H, W]`` maps.
 
     Each of the ``C x C`` logits is a dot product over the ``H*W`` pixels (spec §3.2); cost is linear in ``H*W``.
+
+    Args:
+        query: ``[B, C, H, W]``.
+        key: ``[B, C, H, W]``.
+        value: ``[B, C, H, W]``.
+        scale: logit multiplier.
     """
     b, c, h, w = query.shape
     # [B, C, H, W] -> [B, C, HW]: channels are tokens, flattened pixels their features
@@ -139,8 +145,9 @@ class ConvLSTMCell(nn.Module):
             w, bias = self.conv.weight, self.conv.bias
             w_iog = torch.cat([w[:hc, : self.in_channels], w[2 * hc :, : self.in_channels]])
             b_iog = torch.cat([bias[:hc], bias[2 * hc :]])
-            a_i, a_o, a_g = F.conv2d(x, w_iog, b_iog, padding=self.conv.padding).chunk(3, dim=1)
-            i, o, g = torch.sigmoid(a_i), torch.sigmoid(a_o), torch.tanh(a_g)
+            a = F.conv2d(x, w_iog, b_iog, padding=self.conv.padding)  # [B, 3C, H, W]: i, o, g
+            i, o = torch.sigmoid(a[:, : 2 * hc]).chunk(2, dim=1)  # one call for both sigmoid gates
+            g = torch.tanh(a[:, 2 * hc :])
             c = i * g
             return o * torch.tanh(c), c, {"i": i, "o": o, "g": g}
         if state is None:  # official order: zeros concatenated and multiplied through
@@ -148,8 +155,13 @@ class ConvLSTMCell(nn.Module):
             state = (zeros, zeros)
         h_prev, c_prev = state
         # Spec §3.1: gates from one conv over [x_t ; h_{t-1}], split i, f, o, g
-        a_i, a_f, a_o, a_g = self.conv(torch.cat([x, h_prev], dim=1)).chunk(4, dim=1)
-        i, f, o, g = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o), torch.tanh(a_g)
+        a = self.conv(torch.cat([x, h_prev], dim=1))
+        if shortcut:  # same values, fewer calls: one sigmoid over the contiguous i, f, o blocks
+            i, f, o = torch.sigmoid(a[:, : 3 * hc]).chunk(3, dim=1)
+            g = torch.tanh(a[:, 3 * hc :])
+        else:  # official order
+            a_i, a_f, a_o, a_g = a.chunk(4, dim=1)
+            i, f, o, g = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o), torch.tanh(a_g)
         c = c_prev * f + i * g
         return o * torch.tanh(c), c, {"i": i, "f": f, "o": o, "g": g}
 
@@ -165,9 +177,13 @@ class StateSelfAttention(nn.Module):
         super().__init__()
         self.scale = float(scale)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor, gates: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, c: torch.Tensor, gates: Mapping[str, torch.Tensor],
+                official_order: bool = False) -> torch.Tensor:
         # Spec §3.2: fixed linear combinations of the LSTM states as Q, K, V
-        return channel_attention((c + gates["f"]) / 2, (gates["g"] + h) / 2, h, self.scale)
+        if official_order:
+            return channel_attention((c + gates["f"]) / 2, (gates["g"] + h) / 2, h, self.scale)
+        # The two halvings are powers of two, so folding them into the scale is bit-exact and saves two passes.
+        return channel_attention(c + gates["f"], gates["g"] + h, h, self.scale / 4)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:.6g}"
@@ -188,13 +204,17 @@ class GatedStateSelfAttention(nn.Module):
         self.k_proj = nn.Linear(channels, channels)
         self.v_proj = nn.Linear(channels, channels)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor, gates: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, c: torch.Tensor, gates: Mapping[str, torch.Tensor],
+                official_order: bool = False) -> torch.Tensor:
         # Spec §3.3: Q = P_q(h) (c+f)/2, K = P_k(h) (g+h)/2, V = P_v(h) h; one fused 1x1 conv for the three maps
         ch = h.shape[1]
         weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]).view(3 * ch, ch, 1, 1)
         bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
         p_q, p_k, p_v = F.conv2d(h, weight, bias).chunk(3, dim=1)
-        return channel_attention(p_q * ((c + gates["f"]) / 2), p_k * ((gates["g"] + h) / 2), p_v * h, self.scale)
+        if official_order:
+            return channel_attention(p_q * ((c + gates["f"]) / 2), p_k * ((gates["g"] + h) / 2), p_v * h, self.scale)
+        # Halvings folded into the scale (bit-exact: powers of two).
+        return channel_attention(p_q * (c + gates["f"]), p_k * (gates["g"] + h), p_v * h, self.scale / 4)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:.6g}"
@@ -209,7 +229,8 @@ class TransLSTM(nn.Module):
         variant: ``"salstm"`` (parameter-free attention) or ``"lstmsa"`` (gated projections).
         kernel_size: gate conv size. Defaults to 5.
         attention_scale: logit scale. Defaults to the released 1/88.
-        step0_shortcut: skip the zero-state half of the first step (exact). Defaults to True.
+        step0_shortcut: skip the zero-state half of the first step (exact) and use the fused gate / folded
+            halving forms; False follows the official order of operations. Defaults to True.
     """
 
     def __init__(
@@ -239,7 +260,7 @@ class TransLSTM(nn.Module):
             h, c, gates = self.cell(seq[:, t], state, shortcut=self.step0_shortcut)
             state = (h, c)
         # Spec §3.2/3.3: Q, K, V from the final step's h, c and gates
-        return self.attention(h, c, gates)
+        return self.attention(h, c, gates, official_order=not self.step0_shortcut)
 
 
 class BiTransLSTMHead(nn.Module):
