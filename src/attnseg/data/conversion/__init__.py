@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from attnseg.data.conversion._common import SPLIT_SEED, ConversionReport
+from attnseg.data.conversion._common import SPLIT_SEED, ConversionReport, check_destination
 from attnseg.data.conversion.acdc import convert_acdc
 from attnseg.data.conversion.isic import convert_isic2017, convert_isic2018
 from attnseg.data.conversion.synapse import convert_synapse
@@ -69,5 +69,6 @@ def convert_dataset(name: str, src: str | Path, dst: str | Path, *, seed: int = 
         raise DatasetError(f"--workers must be >= 1, got {workers}")
     if max_size is not None and max_size < 16:
         raise DatasetError(f"--max-size must be at least 16 pixels, got {max_size}")
+    check_destination(Path(dst), overwrite, Path(src))  # before reading thousands of source files
     kwargs: dict[str, Any] = {"seed": seed, "overwrite": overwrite, "workers": workers, "max_size": max_size}
     return CONVERTERS[key](Path(src), Path(dst), **kwargs)

@@ -40,6 +40,7 @@ __all__ = [
     "resize_pair",
     "seeded_partition",
     "check_splits",
+    "check_destination",
     "finish_dataset",
     "run_parallel",
 ]
@@ -317,7 +318,8 @@ def check_splits(splits: Mapping[str, Any], known: set[str]) -> None:
                 seen[cid] = part
 
 
-def _prepare_destination(dst: Path, overwrite: bool, src: Path | None) -> None:
+def check_destination(dst: Path, overwrite: bool, src: Path | None) -> None:
+    """Fail early when ``dst`` is unusable: not empty (without ``overwrite``), a file, or inside ``src``."""
     if src is not None:
         s, d = src.resolve(), dst.resolve()
         if d == s or s in d.parents:
@@ -336,7 +338,7 @@ def staged_output(dst: Path, *, overwrite: bool = False, src: Path | None = None
         DatasetError: ``dst`` exists and is not empty (without ``overwrite``), or lies inside ``src``.
     """
     dst = Path(dst)
-    _prepare_destination(dst, overwrite, src)
+    check_destination(dst, overwrite, src)
     dst.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:

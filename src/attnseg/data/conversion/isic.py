@@ -77,13 +77,16 @@ def _is_superpixels(path: Path) -> bool:
     return "superpixel" in path.name.lower()
 
 
-def _subset(src: Path, words: tuple[str, ...], exclude: tuple[str, ...]) -> list[tuple[str, Path, Path]] | None:
+def _subset(src: Path, words: tuple[str, ...], exclude: tuple[str, ...], *, required: bool
+            ) -> list[tuple[str, Path, Path]] | None:
     dirs = find_pair_dirs(src, words, exclude=exclude)
     if dirs is None:
         return None
     img_dir, mask_dir = dirs
     images = list_files(img_dir, skip=_is_superpixels)
     masks = list_files(mask_dir)
+    if not images and not masks and not required:
+        return None  # an empty optional subset (e.g. ground truth not downloaded yet) counts as absent
     if not images:
         raise DatasetError(f"{img_dir}: no images found")
     return pair_by_id(images, masks, mask_suffixes=_MASK_SUFFIXES)
@@ -100,7 +103,7 @@ def _convert(name: str, src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwri
         ("val", ("validation", "valid", "val"), ("test",)),
         ("test", ("testing", "test"), ("validation",)),
     ):
-        pairs = _subset(src, words, exclude)
+        pairs = _subset(src, words, exclude, required=subset == "train")
         if pairs is not None:
             subsets[subset] = pairs
     if "train" not in subsets:
