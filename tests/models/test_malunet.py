@@ -197,6 +197,17 @@ def test_batch_independence_and_determinism() -> None:
     assert not torch.allclose(batch[0], batch[1])  # input-dependent
 
 
+def test_inference_and_autograd_pooling_paths_agree() -> None:
+    # Without autograd the max-pool runs PyTorch's channels-last CPU kernel, with autograd the NCHW one (a speed
+    # choice, see benchmarks/bench_malunet.py); both must give bitwise-identical outputs.
+    torch.manual_seed(0)
+    model = create_model("malunet").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fast = model(x)
+    assert torch.equal(fast, model(x).detach())
+
+
 def test_same_seed_same_init_and_memory_init() -> None:
     torch.manual_seed(3)
     a = create_model("malunet").state_dict()

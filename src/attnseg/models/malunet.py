@@ -201,6 +201,8 @@ class ChannelAttentionBridge(nn.Module):
 
     def __init__(self, stage_channels: Sequence[int], split_att: str = "fc") -> None:
         super().__init__()
+        if split_att not in ("fc", "conv"):
+            raise ValueError(f"split_att must be 'fc' (the paper's) or 'conv', got {split_att!r}")
         total = sum(stage_channels)
         self.split_att = split_att
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -381,9 +383,10 @@ class MALUNet(nn.Module):
 
 
 def _pool2(x: torch.Tensor) -> torch.Tensor:
-    # 2x2 max-pool, stride 2. PyTorch's CPU kernel for NCHW is much slower than its channels-last kernel at these few
-    # channels (e.g. 15 ms vs 1 ms for 8x256x256); both give bitwise-identical values and gradients (the same argmax).
-    if x.device.type == "cpu":
+    # 2x2 max-pool, stride 2. Without autograd on CPU, PyTorch's channels-last kernel is ~3-4x faster than the NCHW
+    # one at these few channels (the layout round trip included) and gives bitwise-identical values. With autograd
+    # the two layout copies cost what the faster kernel saves (benchmarks/bench_malunet.py), so training uses NCHW.
+    if x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled()):
         return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2).contiguous()
     return F.max_pool2d(x, 2)
 
