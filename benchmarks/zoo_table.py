@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from attnseg.bench.complexity import mac_bearing
 from attnseg.bench.report import environment_info, run_benchmark, write_json_atomic
@@ -44,6 +47,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
     s = doc["settings"]
     env = doc["environment"]
     v, host = env["versions"], env["host"]
+    threads = "/".join(str(t) for t in sorted({r["latency"]["threads"] for r in doc["results"]})) or "n/a"
     lines = [
         "# attnseg model zoo: size and cost",
         "",
@@ -78,9 +82,9 @@ def markdown_table(doc: dict[str, Any]) -> str:
         "- Complexity is per sample (batch 1), one forward pass in eval mode; batch-norm and other element-wise "
         "work are not in FLOPs (fvcore counts batch-norm), so MACs and FLOPs/2 differ slightly.",
         f"- Latency: median (interquartile range) of {s['runs']} timed runs after {s['warmup']} warm-up run(s), batch "
-        f"{s['batch_size']}, {host['torch_threads']} torch threads on {host['cpu']} ({host['logical_cpus']} logical "
-        "CPUs, shared with other jobs while measured: compare rows, not absolute numbers). fwd = eval + no_grad; "
-        "fwd+bwd = train mode, backward of the summed logits.",
+        f"{s['batch_size']}, {threads} torch thread(s) on {host['cpu']} ({host['logical_cpus']} logical CPUs). "
+        "fwd = eval + no_grad; fwd+bwd = train mode, backward of the summed logits. Absolute times depend on the "
+        "host and its load: compare rows of one run.",
         f"- Tools: torch {v['torch']}, fvcore {v['fvcore']}, thop {v['thop']}, timm {v['timm']}, monai {v['monai']}, "
         f"python {v['python']}.",
     ]
@@ -90,6 +94,13 @@ def markdown_table(doc: dict[str, Any]) -> str:
     if doc["failures"]:
         lines.append("- Not measured: " + "; ".join(f"`{f['model']}` ({f['error']})" for f in doc["failures"]) + ".")
     return "\n".join(lines) + "\n"
+
+
+def _write_markdown(doc: dict[str, Any], out_dir: Path) -> None:
+    md = out_dir / "zoo.md"
+    tmp = md.with_suffix(".md.tmp")
+    tmp.write_text(markdown_table(doc))
+    tmp.replace(md)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's setting)")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory (2 subprocesses per model)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--render-only", action="store_true", help="rewrite zoo.md from an existing zoo.json")
     args = parser.parse_args(argv)
+    if args.render_only:
+        _write_markdown(json.loads((args.out_dir / "zoo.json").read_text()), args.out_dir)
+        return 0
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # this process only measures, so set it once for every record
 
     names = args.models or list_models()
     unknown = [n for n in names if n not in list_models()]
@@ -144,10 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[zoo]   FAILED {err}", file=sys.stderr, flush=True)
         doc["models_included"] = [r["model"]["name"] for r in doc["results"]]
         write_json_atomic(args.out_dir / "zoo.json", doc)
-        md = args.out_dir / "zoo.md"
-        tmp = md.with_suffix(".md.tmp")
-        tmp.write_text(markdown_table(doc))
-        tmp.replace(md)
+        _write_markdown(doc, args.out_dir)
     print(f"[zoo] {len(doc['results'])} measured, {len(doc['failures'])} failed -> {args.out_dir}")
     return 0 if not doc["failures"] else 1
 

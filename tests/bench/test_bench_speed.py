@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -97,6 +98,9 @@ def test_run_benchmark_record_and_atomic_write(tmp_path) -> None:
     out = write_json_atomic(tmp_path / "sub" / "bench.json", record)
     assert json.loads(out.read_text()) == json.loads(json.dumps(record))
     assert [p.name for p in out.parent.iterdir()] == ["bench.json"]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would create it, not mkstemp's 0600
 
 
 def test_run_benchmark_rejects_bad_requests() -> None:
