@@ -292,7 +292,8 @@ def measure_peak_memory(
 
     On CPU each figure is measured in a fresh subprocess (see the module docstring). A model built by
     :func:`attnseg.models.create_model` is rebuilt there from its registry record (same architecture; weights do not
-    matter for memory); any other model is pickled with ``torch.save`` (its class must be importable). Failures leave the figures ``None`` with ``error`` set.
+    matter for memory); any other model is pickled with ``torch.save`` (its class must be importable). Failures leave
+    the figures ``None`` with ``error`` set.
 
     Args:
         model: the network.
