@@ -501,3 +501,28 @@ def test_cli_convert_and_clean_errors(tmp_path):
 
     exists = runner.invoke(app, ["convert-dataset", "isic2018", str(src), str(tmp_path / "out")])
     assert exists.exit_code == 2 and "--overwrite" in exists.output
+
+
+# ------------------------------------------------------------------------------------- usable with `--fold NAME`
+def test_named_splits_drive_the_trainer(tmp_path):
+    """Every named split of a converted dataset sets up a training run (train/val from the split, test untouched)."""
+    from attnseg.config import TrainConfig
+    from attnseg.training.trainer import Trainer
+
+    src_isic, src_acdc = tmp_path / "isic", tmp_path / "acdc"
+    make_isic2018(src_isic, n=(10, 2, 2))
+    make_acdc(src_acdc)
+    for kind, src, loss in (("isic2018", src_isic, "bce_dice"), ("acdc", src_acdc, "dice_ce")):
+        out = convert_dataset(kind, src, tmp_path / f"{kind}_out").root
+        splits = _splits(out)
+        for name, split in splits.items():
+            if not isinstance(split, dict):
+                continue
+            cfg = TrainConfig(model="unet", model_kwargs={"width": 4}, data=str(out), out=str(tmp_path / "run"),
+                              fold=name, iterations=1, batch_size=1, input_size=[32, 32], loss=loss,
+                              geometry="resize", device="cpu", num_workers=0)
+            trainer = Trainer(cfg, progress=False)
+            trainer.setup()
+            assert trainer.train_ids == split["train"] and trainer.val_ids == split.get("val", [])
+            assert not set(trainer.train_ids) & set(split.get("test", []))
+            assert not (tmp_path / "run").exists(), "setup must not write the run directory"
