@@ -269,8 +269,11 @@ def test_slab_model_ill_args() -> None:
         create_model("salstm", 1, 2, backbone="lstmsa")
 
 
+_SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
-    "backbone", ["malunet", pytest.param("mdsa_unet", marks=pytest.mark.slow), pytest.param("msa2net", marks=pytest.mark.slow)]
+    "backbone", ["malunet", pytest.param("mdsa_unet", marks=_SLOW), pytest.param("msa2net", marks=_SLOW)]
 )
 def test_other_backbones_if_available(backbone: str) -> None:
     """Concurrently written backbones: exercised only once they exist and expose the feature interface."""
@@ -292,7 +295,8 @@ def test_other_backbones_if_available(backbone: str) -> None:
 @pytest.mark.parametrize("name, expected", [("salstm", "salstm_full"), ("lstmsa", "lstmsa_full")])
 def test_released_model_param_counts(name: str, expected: str) -> None:
     counts = json.loads((FIXTURES / "mtunet_param_count.json").read_text())["param_counts"]
-    model = create_model(name, 1, 4, backbone="mtunet")
+    with torch.device("meta"):  # shapes only
+        model = create_model(name, 1, 4, backbone="mtunet")
     assert sum(p.numel() for p in model.parameters()) == counts[expected]
     assert sum(p.numel() for p in model.backbone.parameters()) == counts["mtunet_out_ch64"]
     assert model.head.forward_net.attention.scale == pytest.approx(1 / 88)
@@ -368,3 +372,37 @@ def test_attention_scale_option_changes_output() -> None:
     with torch.no_grad():
         assert not torch.allclose(head(slab), other(slab), atol=1e-4)
     assert math.isclose(head.forward_net.attention.scale, 1 / 88)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("official_class", ["model.SALSTM", "model.LSTMSA"])
+def test_official_loader_full_release_model(official_class: str) -> None:
+    """A state dict with encoder keys builds the full release (MT-UNet(64) encoder + head), strictly mapped."""
+    import importlib.util
+
+    from attnseg.models.mtunet import official_mtunet_rename
+
+    spec = importlib.util.spec_from_file_location("_mtunet_keys", Path(__file__).with_name("test_mtunet.py"))
+    keys_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(keys_module)
+    official_mtunet_keys = keys_module.official_mtunet_keys
+
+    variant = official_class.split(".")[1].lower()
+    torch.manual_seed(9)
+    src = create_model(variant, 1, 4, backbone="mtunet", backbone_kwargs={"window_padding": "official"}).eval()
+    ours = src.state_dict()
+    sd = {f"encoder.{k}": ours["backbone." + official_mtunet_rename(k)].clone() for k in official_mtunet_keys()}
+    for direction in ("forward_net", "reverse_net"):
+        sd[f"lstmlayer.{direction}.cell0.conv.weight"] = ours[f"head.{direction}.cell.conv.weight"]
+        sd[f"lstmlayer.{direction}.cell0.conv.bias"] = ours[f"head.{direction}.cell.conv.bias"]
+        if variant == "lstmsa":
+            for m in "qkv":
+                for w in ("weight", "bias"):
+                    ours_key = f"head.{direction}.attention.{m}_proj.{w}"
+                    sd[f"lstmlayer.{direction}.attention.{m}_matrix.{w}"] = ours[ours_key]
+    sd["lstmlayer.conv.weight"] = ours["head.classifier.weight"]
+    sd["lstmlayer.conv.bias"] = ours["head.classifier.bias"]
+    model = from_official(official_class, sd, num_classes=4, attenion_size=88 * 88)
+    assert isinstance(model, SliceContextNet)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, ours[k], rtol=0, atol=0)
