@@ -336,8 +336,10 @@ def test_acdc_cases_bytes_and_patient_split(tmp_path):
     assert meta["conversion"]["frames"]["patient001_ES"] == 9 and meta["conversion"]["frames"]["patient004_ED"] == 1
     # byte-for-byte copies (geometry exactly as released)
     ref = src / "database" / "training" / "patient005"
-    assert (out / "imagesTr" / "patient005_ES_0000.nii.gz").read_bytes() == (ref / "patient005_frame08.nii.gz").read_bytes()
-    assert (out / "labelsTr" / "patient005_ED.nii.gz").read_bytes() == (ref / "patient005_frame01_gt.nii.gz").read_bytes()
+    copied = (out / "imagesTr" / "patient005_ES_0000.nii.gz").read_bytes()
+    assert copied == (ref / "patient005_frame08.nii.gz").read_bytes()
+    copied = (out / "labelsTr" / "patient005_ED.nii.gz").read_bytes()
+    assert copied == (ref / "patient005_frame01_gt.nii.gz").read_bytes()
     splits = _splits(out)
     s = splits["70-10-20"]
     listed = sorted(p for p in ("patient002", "patient003", "patient008", "patient009") if p in ACDC_TEST_PATIENTS)
@@ -526,3 +528,20 @@ def test_named_splits_drive_the_trainer(tmp_path):
             assert trainer.train_ids == split["train"] and trainer.val_ids == split.get("val", [])
             assert not set(trainer.train_ids) & set(split.get("test", []))
             assert not (tmp_path / "run").exists(), "setup must not write the run directory"
+
+
+def test_mask_threshold_rules(tmp_path):
+    from attnseg.data.conversion._common import read_binary_mask
+
+    faint = np.zeros((16, 16), np.uint8)
+    faint[4:12, 4:12] = 1  # an empty mask with JPEG-like noise of value 1
+    Image.fromarray(faint).save(tmp_path / "faint.jpg", quality=100)
+    assert np.asarray(Image.open(tmp_path / "faint.jpg")).max() >= 1
+    assert read_binary_mask(tmp_path / "faint.jpg").sum() == 0  # JPEG: always > 127
+    _save(faint, tmp_path / "binary.png")
+    np.testing.assert_array_equal(read_binary_mask(tmp_path / "binary.png"), faint)  # lossless 0/1: > 0
+    grey = np.array([[0, 127, 128, 255]], np.uint8)
+    _save(grey, tmp_path / "grey.png")
+    np.testing.assert_array_equal(read_binary_mask(tmp_path / "grey.png"), [[0, 0, 1, 1]])
+    with pytest.raises(DatasetError, match="grey.png: mask size 4x1"):
+        read_binary_mask(tmp_path / "grey.png", (2, 4), image=tmp_path / "img.png")

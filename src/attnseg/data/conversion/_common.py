@@ -235,7 +235,8 @@ def read_gray(path: Path) -> np.ndarray:
 
 
 def read_binary_mask(path: Path, shape: tuple[int, int] | None = None, *, image: Path | None = None) -> np.ndarray:
-    """A 0/1 uint8 mask: values > 127 are foreground (JPEG masks are lossy), or > 0 for masks stored as 0/1.
+    """A 0/1 uint8 mask: values > 127 are foreground (always for JPEG, which is lossy), or > 0 for lossless masks
+    stored as 0/1 (16-bit masks: above half their maximum).
 
     Args:
         path: mask file (PNG/JPEG/...; colour masks are converted to luminance).
@@ -250,7 +251,8 @@ def read_binary_mask(path: Path, shape: tuple[int, int] | None = None, *, image:
         raise DatasetError(f"{path}: mask size {arr.shape[1]}x{arr.shape[0]} (WxH) differs from image "
                            f"{(image.name + ' ') if image else ''}size {shape[1]}x{shape[0]}")
     top = int(arr.max(initial=0))
-    threshold = 0 if top <= 1 else (top // 2 if arr.dtype != np.uint8 else 127)
+    lossy = path.suffix.lower() in (".jpg", ".jpeg")  # JPEG noise on an empty mask can reach 1: never read as 0/1
+    threshold = 127 if lossy or (arr.dtype == np.uint8 and top > 1) else (0 if top <= 1 else top // 2)
     return (arr > threshold).astype(np.uint8)
 
 

@@ -85,7 +85,8 @@ def _read_info(path: Path) -> dict[str, int]:
             try:
                 phases[key.strip().upper()] = int(float(value.strip()))
             except ValueError:
-                raise DatasetError(f"{path}: cannot read the {key.strip()} frame number from {line.strip()!r}") from None
+                raise DatasetError(f"{path}: cannot read the {key.strip()} frame number from "
+                                   f"{line.strip()!r}") from None
     return phases
 
 
@@ -131,7 +132,8 @@ def _copy_case(item: tuple[str, str, Path, Path, Path]) -> None:
         raise DatasetError(f"{gt}: label shape {label.shape} differs from image {image.name} shape {img.shape[1:]}")
     values = set(np.unique(label).tolist())
     if not values <= {0, 1, 2, 3}:
-        raise DatasetError(f"{gt}: label values {sorted(values - {0, 1, 2, 3})} outside ACDC's 0..3 (RV 1, Myo 2, LV 3)")
+        raise DatasetError(f"{gt}: label values {sorted(values - {0, 1, 2, 3})} outside ACDC's 0..3 "
+                           "(RV 1, Myo 2, LV 3)")
     out_img = stage / f"images{part}" / f"{cid}_0000.nii.gz"
     out_lbl = stage / f"labels{part}" / f"{cid}.nii.gz"
     if image.name.lower().endswith(".nii.gz") and gt.name.lower().endswith(".nii.gz"):
