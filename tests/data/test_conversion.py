@@ -545,3 +545,19 @@ def test_mask_threshold_rules(tmp_path):
     np.testing.assert_array_equal(read_binary_mask(tmp_path / "grey.png"), [[0, 0, 1, 1]])
     with pytest.raises(DatasetError, match="grey.png: mask size 4x1"):
         read_binary_mask(tmp_path / "grey.png", (2, 4), image=tmp_path / "img.png")
+
+
+def test_isic_pre_split_folder_layout(tmp_path):
+    """`train|val|test/{images,masks}` (the layout MALUNet's README distributes) is recognised too."""
+    rng = np.random.default_rng(8)
+    src = tmp_path / "isic18"
+    for sub, n in (("train", 4), ("val", 2), ("test", 1)):
+        for i in range(n):
+            cid = f"ISIC_{sub}{i}"
+            _save(rng.integers(0, 256, (12, 14, 3), dtype=np.uint8), src / sub / "images" / f"{cid}.png")
+            _save(np.full((12, 14), 255, np.uint8), src / sub / "masks" / f"{cid}_mask.png")
+    out = convert_dataset("isic2018", src, tmp_path / "out").root
+    official = _splits(out)["official"]
+    assert official == {"train": [f"ISIC_train{i}" for i in range(4)], "val": ["ISIC_val0", "ISIC_val1"],
+                        "test": ["ISIC_test0"]}
+    assert _png(out / "labelsTs" / "ISIC_test0.png").min() == 1
