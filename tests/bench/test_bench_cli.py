@@ -1,4 +1,4 @@
-"""`attnseg bench` / `attnseg models` command functions, through a typer app built here (as main.py registers them)."""
+"""`attnseg bench` / `attnseg models` through the real command-line app."""
 
 from __future__ import annotations
 
@@ -8,20 +8,25 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from attnseg.cli.bench import bench, models
+from attnseg.cli.args import join_multi_value_options
+from attnseg.cli.main import app as main_app
+
+
+class _Runner(CliRunner):
+    """Passes arguments through the same ``--input-size H W`` joining as the console script."""
+
+    def invoke(self, app, args, **kwargs):
+        return super().invoke(app, join_multi_value_options(list(args)), **kwargs)
 
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    app = typer.Typer()
-    app.command()(bench)
-    app.command()(models)
-    return app
+    return main_app
 
 
 @pytest.fixture(scope="module")
 def runner() -> CliRunner:
-    return CliRunner()
+    return _Runner()
 
 
 @pytest.mark.parametrize(
@@ -31,12 +36,11 @@ def runner() -> CliRunner:
         (["--model", "unet", "--input-size", "64", "64", "64"], "needs 2 values"),
         (["--model", "unet3d", "--input-size", "64", "64"], "needs 3 values"),
         (["--model", "unet", "--input-size", "8", "8"], "(8, 8)"),  # the model's own size rule
-        (["--model", "unet", "--kwargs", "{width: 4}"], "--kwargs is not valid JSON"),
+        (["--model", "unet", "--kwargs", "{width: 4}"], "--kwargs must be a JSON object"),
         (["--model", "unet", "--kwargs", "[4]"], "--kwargs must be a JSON object"),
         (["--model", "unet", "--kwargs", '{"widht": 4}'], "unexpected keyword argument 'widht'"),
         (["--model", "unet", "--device", "gpu"], "unknown device 'gpu'"),
-        (["--model", "unet", "64", "64"], "did you mean --input-size 64 64?"),
-        (["--model", "unet", "--input-size", "64", "x"], "takes integers"),
+        (["--model", "unet", "--input-size", "64x"], "expects 2 or 3"),
     ],
 )
 def test_bench_errors_are_one_line_exit_2(app, runner, args, needle) -> None:

@@ -8,58 +8,18 @@ Both are plain typer command functions; ``attnseg.cli.main`` registers them (``a
 
 from __future__ import annotations
 
-import json as _json
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
 
 __all__ = ["bench", "models"]
 
-_USAGE_ERROR = 2
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=_USAGE_ERROR)
-
-
-def _message(exc: BaseException) -> str:
-    # KeyError wraps its message in quotes; show the text itself, on one line.
-    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    return " ".join(str(text).split())
-
-
-def _parse_size(input_size: list[int] | None, rest: list[str] | None) -> list[int] | None:
-    """Join ``--input-size 224 224``: click gives the option its first value and leaves the others positional."""
-    if not rest:
-        return input_size
-    text = " ".join(rest)
-    try:
-        values = [int(r) for r in rest]
-    except ValueError:
-        _fail(f"unexpected argument(s) {text!r} (--input-size takes integers, e.g. --input-size 224 224)")
-    if input_size is None:
-        _fail(f"unexpected argument(s) {text!r}; did you mean --input-size {text}?")
-    return [*input_size, *values]
-
-
-def _parse_kwargs(kwargs: str | None) -> dict[str, Any]:
-    if not kwargs:
-        return {}
-    try:
-        value = _json.loads(kwargs)
-    except _json.JSONDecodeError as exc:
-        _fail(f"--kwargs is not valid JSON ({exc.msg}); use e.g. --kwargs '{{\"width\": 16}}'")
-    if not isinstance(value, dict):
-        _fail("--kwargs must be a JSON object, e.g. --kwargs '{\"width\": 16}'")
-    return value
-
 
 def bench(
     model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `attnseg models`).")],
     input_size: Annotated[
-        list[int] | None,
+        str | None,
         typer.Option(
             "--input-size",
             help="Spatial input size: 2 values for 2D models, 3 for 3D (e.g. --input-size 224 224). "
@@ -87,21 +47,21 @@ def bench(
     kwargs: Annotated[
         str | None, typer.Option("--kwargs", help='Model options as a JSON object, e.g. \'{"width": 16}\'.')
     ] = None,
-    size_rest: Annotated[list[str] | None, typer.Argument(hidden=True, show_default=False, metavar="SIZE")] = None,
 ) -> None:
     """Parameters, MACs, true FLOPs, thop-compatible MACs, latency and peak memory of one model.
 
     MACs come from fvcore (one fvcore "flop" is one multiply-accumulate), FLOPs from torch's FlopCounterMode
     (2 per multiply-accumulate, counting functional attention that thop misses); complexity is per image (batch 1).
     """
-    size = _parse_size(input_size, size_rest)
-    options = _parse_kwargs(kwargs)
-
     from rich.console import Console
 
     from attnseg.bench.report import render_table, run_benchmark, write_json_atomic
+    from attnseg.cli.args import parse_json_kwargs, parse_size
+    from attnseg.config import ConfigError
 
     try:
+        size = parse_size(input_size)
+        options = parse_json_kwargs(kwargs, "--kwargs")
         record = run_benchmark(
             model,
             input_size=size,
@@ -115,8 +75,8 @@ def bench(
             threads=threads,
             memory=memory,
         )
-    except (KeyError, ValueError) as exc:
-        _fail(_message(exc))
+    except ValueError as exc:  # a size or option the model cannot take: a user error, reported as one line
+        raise ConfigError(str(exc)) from None
     Console().print(render_table(record))
     if json_path is not None:
         written = write_json_atomic(json_path, record)

@@ -233,7 +233,12 @@ def preprocess_case(case_id: str, image: np.ndarray, label: np.ndarray | None, m
         label = _apply_ornt(label, transform, channel_first=False)
     reoriented = tuple(image.shape[1:])
     new_shape = reoriented
-    if plan.geometry == "spacing" and plan.target_spacing is not None and meta.ndim == 3:
+    if plan.geometry == "resize" and meta.ndim == 2:  # 2D images: resize once here, not per sample
+        new_shape = tuple(plan.input_size)
+        image = _resize(image.astype(np.float32), new_shape, label=False)
+        if label is not None:
+            label = _resize(label, new_shape, label=True)
+    elif plan.geometry == "spacing" and plan.target_spacing is not None and meta.ndim == 3:
         spacing = _reoriented_spacing(meta, transform)
         new_shape = tuple(
             n if t <= 0 else max(1, int(round(n * s / t))) for n, s, t in zip(reoriented, spacing, plan.target_spacing)
@@ -252,7 +257,7 @@ def preprocess_case(case_id: str, image: np.ndarray, label: np.ndarray | None, m
 
 def _resample(array: np.ndarray, shape: tuple[int, ...], *, label: bool) -> np.ndarray:
     """Resample ``[C, X, Y, Z]`` to ``shape``; only axes whose size changes are interpolated."""
-    same_z = array.shape[-1] == shape[-1]
+    same_z = len(shape) == 3 and array.shape[-1] == shape[-1]
     if same_z:  # in-plane only: treat Z as batch, so slices never mix
         moved = np.moveaxis(array, -1, 1)  # [C, Z, X, Y]
         out = _resize(moved, shape[:2], label=label)
