@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["TrainConfig", "ConfigError", "load_recipe", "merge_config", "config_to_dict"]
+__all__ = ["TrainConfig", "ConfigError", "load_recipe", "merge_config", "config_to_dict", "LOSSES"]
 
 
 class ConfigError(ValueError):
@@ -22,7 +22,8 @@ class ConfigError(ValueError):
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Scheduler = Literal["poly", "cosine", "constant"]
-Loss = Literal["dice_ce", "bce_dice", "ce_dice_0.4_0.6", "boundary_dou"]
+Loss = Literal["dice_ce", "bce_dice", "ce_dice_0.4_0.6", "boundary_dou", "ce", "bce"]
+LOSSES: tuple[str, ...] = ("dice_ce", "bce_dice", "ce_dice_0.4_0.6", "boundary_dou", "ce", "bce")
 Geometry = Literal["spacing", "resize"]
 
 
@@ -102,7 +103,7 @@ class TrainConfig:
         for choice, allowed in (
             ("optimizer", ("sgd", "adam", "adamw")),
             ("scheduler", ("poly", "cosine", "constant")),
-            ("loss", ("dice_ce", "bce_dice", "ce_dice_0.4_0.6", "boundary_dou")),
+            ("loss", LOSSES),
             ("geometry", ("spacing", "resize")),
             ("amp", ("none", "bf16", "fp16")),
         ):

@@ -25,7 +25,7 @@ def train_command(
     lr: Optional[float] = typer.Option(None, help="Base learning rate."),
     optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw."),
     scheduler: Optional[str] = typer.Option(None, help="poly | cosine | constant."),
-    loss: Optional[str] = typer.Option(None, help="dice_ce | bce_dice | ce_dice_0.4_0.6 | boundary_dou."),
+    loss: Optional[str] = typer.Option(None, help="dice_ce | bce_dice | ce_dice_0.4_0.6 | boundary_dou | ce | bce."),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps (default: per epoch)."),
     seed: Optional[int] = typer.Option(None, help="Random seed (init, sampling, augmentation)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N | mps."),

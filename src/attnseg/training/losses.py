@@ -6,6 +6,7 @@
   is numerically stable).
 - ``ce_dice_0.4_0.6``: 0.4 CE + 0.6 Dice with background included (TransUNet family, e.g. MSA2Net's alternative).
 - ``boundary_dou``: Boundary DoU loss (MSA2Net's released training loss).
+- ``ce`` / ``bce``: plain cross-entropy (softmax models) / binary cross-entropy on one logit.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["build_loss", "LOSSES"]
+from attnseg.config import LOSSES
 
-LOSSES = ("dice_ce", "bce_dice", "ce_dice_0.4_0.6", "boundary_dou")
+__all__ = ["build_loss", "LOSSES"]
 
 
 class _OneHotTarget(nn.Module):
@@ -29,6 +30,16 @@ class _OneHotTarget(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         t = target.unsqueeze(1)
         return self.loss(logits, (t > 0).to(logits.dtype) if self.binary else t)
+
+
+class _CrossEntropy(nn.Module):
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, target.long())
+
+
+class _BinaryCrossEntropy(nn.Module):
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], (target > 0).to(logits.dtype))
 
 
 def build_loss(name: str, num_classes: int) -> nn.Module:
@@ -47,6 +58,14 @@ def build_loss(name: str, num_classes: int) -> nn.Module:
     if name == "ce_dice_0.4_0.6":
         return _OneHotTarget(DiceCELoss(to_onehot_y=True, softmax=True, include_background=True,
                                         lambda_ce=0.4, lambda_dice=0.6))
+    if name == "ce":
+        if num_classes == 1:
+            return build_loss("bce", 1)
+        return _CrossEntropy()
+    if name == "bce":
+        if num_classes != 1:
+            raise ValueError(f"--loss bce needs a single-logit binary model (num_classes=1), got {num_classes}")
+        return _BinaryCrossEntropy()
     if name == "boundary_dou":
         from attnseg.training.boundary_dou import BoundaryDoULoss
 

@@ -135,16 +135,20 @@ class Trainer:
         else:
             train_ids, val_ids = list(splits[fold]["train"]), list(splits[fold].get("val", []))
         test_ids = set(splits.get("test", [])) if isinstance(splits.get("test"), list) else set()
-        if set(val_ids) & test_ids:
-            raise ConfigError(f"fold {fold!r}: validation cases overlap the test split; selection must not see test")
+        if fold in splits and isinstance(splits[fold], dict):
+            test_ids |= set(splits[fold].get("test", []))  # a named split may carry its own test list
+        if (set(val_ids) | set(train_ids)) & test_ids:
+            overlap = sorted((set(val_ids) | set(train_ids)) & test_ids)
+            raise ConfigError(f"fold {fold!r}: cases {overlap[:5]} are both in train/val and in the test split; "
+                              "training and checkpoint selection must not see test cases")
         if not train_ids:
             raise ConfigError(f"fold {fold!r} has no training cases")
         self.train_ids, self.val_ids = train_ids, val_ids
 
         meta = model_info(c.model)
-        binary = c.loss == "bce_dice"
+        binary = c.loss in ("bce_dice", "bce")
         if binary and info.num_classes != 2:
-            raise ConfigError(f"--loss bce_dice is for binary datasets; {info.root} has {info.num_classes - 1} labels")
+            raise ConfigError(f"--loss {c.loss} is for binary datasets; {info.root} has {info.num_classes - 1} labels")
         num_classes = 1 if binary else info.num_classes
         in_channels = 3 if info.is_rgb else info.num_channels
         self.model = self.build_model(in_channels, num_classes)
