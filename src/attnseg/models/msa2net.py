@@ -810,7 +810,10 @@ register_official(
 # Registry
 # --------------------------------------------------------------------------------------------------------------------
 
-_PAPER = "Kolahi et al., MSA²Net: Multi-scale Adaptive Attention-guided Network for Medical Image Segmentation, BMVC 2024"
+_PAPER = (
+    "Kolahi et al., MSA²Net: Multi-scale Adaptive Attention-guided Network for Medical Image Segmentation, "
+    "BMVC 2024"
+)
 
 
 @register_model(

@@ -116,8 +116,8 @@ class BoundaryDoULoss(nn.Module):
 class CEDiceLoss(nn.Module):
     """``ce_weight · CE + dice_weight · Dice`` as in TransUNet-family trainers (0.4 / 0.6 by default).
 
-    Dice: per class (background included) ``1 - (2Σst + 1e-5) / (Σs² + Σt² + 1e-5)`` over the whole batch, on softmax
-    probabilities, averaged over classes; CE: mean cross-entropy on logits.
+    Dice: per class (background included) ``1 - (2Σst + 1e-5) / (Σs² + Σt² + 1e-5)`` over the whole batch, on
+    softmax probabilities, averaged over classes; CE: mean cross-entropy on logits.
 
     Args:
         num_classes: K, the number of logit channels.
