@@ -37,3 +37,11 @@ def test_binary_losses_need_one_logit():
         build_loss("bce_dice", 3)
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("focal", 2)
+
+
+def test_transunet_combination_is_the_official_definition():
+    from attnseg.training.boundary_dou import CEDiceLoss
+
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 4, 6, 6), torch.randint(0, 4, (2, 6, 6))
+    assert torch.equal(build_loss("ce_dice_0.4_0.6", 4)(logits, target), CEDiceLoss(4)(logits, target))

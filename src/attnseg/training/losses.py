@@ -4,7 +4,7 @@
 - ``dice_ce``: soft Dice (foreground classes, batch Dice) + cross-entropy, 1:1 (nnU-Net's DC+CE).
 - ``bce_dice``: binary cross-entropy + soft Dice on one sigmoid logit, 1:1 (MALUNet's BceDiceLoss, on logits so it
   is numerically stable).
-- ``ce_dice_0.4_0.6``: 0.4 CE + 0.6 Dice with background included (TransUNet family, e.g. MSA2Net's alternative).
+- ``ce_dice_0.4_0.6``: 0.4 CE + 0.6 TransUNet Dice, background included (MSA2Net's commented-out alternative).
 - ``boundary_dou``: Boundary DoU loss (MSA2Net's released training loss).
 - ``ce`` / ``bce``: plain cross-entropy (softmax models) / binary cross-entropy on one logit.
 """
@@ -55,9 +55,10 @@ def build_loss(name: str, num_classes: int) -> nn.Module:
         if num_classes != 1:
             raise ValueError(f"--loss bce_dice needs a single-logit binary model (num_classes=1), got {num_classes}")
         return _OneHotTarget(DiceCELoss(sigmoid=True, smooth_nr=1.0, smooth_dr=1.0), binary=True)
-    if name == "ce_dice_0.4_0.6":
-        return _OneHotTarget(DiceCELoss(to_onehot_y=True, softmax=True, include_background=True,
-                                        lambda_ce=0.4, lambda_dice=0.6))
+    if name == "ce_dice_0.4_0.6":  # TransUNet's Dice (squared denominators, batch-pooled), not MONAI's
+        from attnseg.training.boundary_dou import CEDiceLoss
+
+        return CEDiceLoss(num_classes)
     if name == "ce":
         if num_classes == 1:
             return build_loss("bce", 1)
