@@ -70,6 +70,7 @@ __all__ = [
     "MultiScaleDynamicSparseAttention",
     "ContextGLU",
     "MDSABlock",
+    "MDSAStage",
     "EDM",
     "EUF",
     "MDSAUNet",
@@ -165,7 +166,7 @@ class MultiScaleAggregator(nn.Module):
 
 
 class MultiScaleDynamicSparseAttention(nn.Module):
-    """MDSA attention (Fig. 2 of the paper; spec §2.1): aggregation, coarse routing, fine attention, LCE, projection.
+    """MDSA attention (spec §2.1): multi-scale aggregation, coarse region routing, fine attention, LCE, projection.
 
     Args:
         dim: channels ``C``.
@@ -207,7 +208,7 @@ class MultiScaleDynamicSparseAttention(nn.Module):
         Returns:
             ``[B, H, W, C]``.
         """
-        # Fig. 2 / spec §2.1 (a)-(b): Q = K = V = A, the multi-scale aggregation of the input.
+        # spec §2.1 (a)-(b): Q = K = V = A, the multi-scale aggregation of the input (no q/k/v projections).
         a = self.aggregator(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # [B, H, W, C] (view when channels-last)
         if self.attn_impl == "reference":
             out = self._attend_reference(a, grid)
@@ -245,10 +246,10 @@ class MultiScaleDynamicSparseAttention(nn.Module):
         n, m = grid[0] * grid[1], self.num_heads
         q = region_partition(a, grid)  # [B, n, t, C] (the only copy of A)
         t = q.shape[2]
-        qh = q.view(b * n, t, m, c // m).transpose(1, 2)  # [(B n), m, t, d] view
+        qh = q.reshape(b * n, t, m, c // m).transpose(1, 2)  # [(B n), m, t, d] (a view: q is contiguous here)
         if self.topk >= n:
             # Every region routes to all regions: dense attention over the whole map (key order is irrelevant).
-            kv = q.view(b, n * t, m, c // m).transpose(1, 2)  # [B, m, n t, d]
+            kv = q.reshape(b, n * t, m, c // m).transpose(1, 2)  # [B, m, n t, d]
             o = F.scaled_dot_product_attention(kv, kv, kv, scale=self.scale).view(b, m, n, t, c // m)
             o = o.transpose(1, 2).reshape(b * n, m, t, c // m)
         elif self.topk == 1:
@@ -426,8 +427,8 @@ class MDSAUNet(nn.Module):
       the fix otherwise). Per-forward choice keeps what the trained weights saw (tokens per region and routed
       tokens per query, 64 at every stage by default) identical at any input size; the weights do not depend on
       the grid. At 224 it equals the released model exactly; elsewhere it differs from ``n_win=7`` (a 448 input
-      gets a 14x14 grid instead of 16x16-pixel regions), so load official weights with ``n_win=7`` and run
-      multiples of 112 to reproduce the released model.
+      gets a 14x14 grid of 8x8-token regions instead of the released 7x7 grid of 16x16-token regions), so keep
+      ``n_win=7`` and multiples of 112 to reproduce the released model's outputs.
 
     Args:
         num_classes: output logit channels (the code's ``n_class``). Defaults to 1.
@@ -493,9 +494,9 @@ class MDSAUNet(nn.Module):
         if base_dim < 1:
             raise ValueError(f"base_dim must be >= 1, got {base_dim}")
         for w in dims[1:]:
-            if w % 8 or w % 4 or w % base_dim:
+            if w < 8 or w % 4 or w % base_dim:
                 raise ValueError(
-                    f"every stage width in dims must be a multiple of 8 (EDM/EUF auxiliary width C/8), of 4 "
+                    f"every stage width in dims must be >= 8 (EDM/EUF auxiliary width C // 8), a multiple of 4 "
                     f"(aggregator groups) and of base_dim={base_dim} (heads); got dims={dims}"
                 )
         if any(k < 1 or k % 2 == 0 for k in kernels):
@@ -674,7 +675,7 @@ class MDSAUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes, H, W]`` for images ``[B, dims[0] or 1, H, W]``."""
-        # Fig. 1: encoder (EDM + MDSA), decoder (EUF + MDSA), 1x1 head at stride 4, bilinear to the input size.
+        # spec §1: encoder (EDM + MDSA), decoder (EUF + MDSA), 1x1 head at stride 4, bilinear to the input size.
         size = x.shape[-2:]
         y = self.head(self.forward_decoder(*self.forward_encoder(x)))
         return F.interpolate(y, size=size, mode="bilinear", align_corners=False).contiguous()
