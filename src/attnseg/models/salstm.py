@@ -145,9 +145,8 @@ class ConvLSTMCell(nn.Module):
             w, bias = self.conv.weight, self.conv.bias
             w_iog = torch.cat([w[:hc, : self.in_channels], w[2 * hc :, : self.in_channels]])
             b_iog = torch.cat([bias[:hc], bias[2 * hc :]])
-            a = F.conv2d(x, w_iog, b_iog, padding=self.conv.padding)  # [B, 3C, H, W]: i, o, g
-            i, o = torch.sigmoid(a[:, : 2 * hc]).chunk(2, dim=1)  # one call for both sigmoid gates
-            g = torch.tanh(a[:, 2 * hc :])
+            a_i, a_o, a_g = F.conv2d(x, w_iog, b_iog, padding=self.conv.padding).chunk(3, dim=1)
+            i, o, g = torch.sigmoid(a_i), torch.sigmoid(a_o), torch.tanh(a_g)
             c = i * g
             return o * torch.tanh(c), c, {"i": i, "o": o, "g": g}
         if state is None:  # official order: zeros concatenated and multiplied through
@@ -155,13 +154,9 @@ class ConvLSTMCell(nn.Module):
             state = (zeros, zeros)
         h_prev, c_prev = state
         # Spec §3.1: gates from one conv over [x_t ; h_{t-1}], split i, f, o, g
-        a = self.conv(torch.cat([x, h_prev], dim=1))
-        if shortcut:  # same values, fewer calls: one sigmoid over the contiguous i, f, o blocks
-            i, f, o = torch.sigmoid(a[:, : 3 * hc]).chunk(3, dim=1)
-            g = torch.tanh(a[:, 3 * hc :])
-        else:  # official order
-            a_i, a_f, a_o, a_g = a.chunk(4, dim=1)
-            i, f, o, g = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o), torch.tanh(a_g)
+        # (Per-gate activations after chunk: its backward is a single cat, the leanest in memory.)
+        a_i, a_f, a_o, a_g = self.conv(torch.cat([x, h_prev], dim=1)).chunk(4, dim=1)
+        i, f, o, g = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o), torch.tanh(a_g)
         c = c_prev * f + i * g
         return o * torch.tanh(c), c, {"i": i, "f": f, "o": o, "g": g}
 
@@ -229,8 +224,8 @@ class TransLSTM(nn.Module):
         variant: ``"salstm"`` (parameter-free attention) or ``"lstmsa"`` (gated projections).
         kernel_size: gate conv size. Defaults to 5.
         attention_scale: logit scale. Defaults to the released 1/88.
-        step0_shortcut: skip the zero-state half of the first step (exact) and use the fused gate / folded
-            halving forms; False follows the official order of operations. Defaults to True.
+        step0_shortcut: skip the zero-state half of the first step (exact) and fold the attention's halvings into
+            its scale (bit-exact); False follows the official order of operations. Defaults to True.
     """
 
     def __init__(
