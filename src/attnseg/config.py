@@ -37,7 +37,9 @@ class AugmentConfig:
     rotate_degrees: float = 15.0
     scale: float = 0.2
     scale_range: tuple[float, float] = (0.85, 1.25)
-    intensity: float = 0.15  # brightness (scale) and shift
+    intensity: float = 0.15  # probability of a brightness scale and of a shift
+    intensity_scale: float = 0.25  # x * (1 + U(-s, s))
+    intensity_shift: float = 0.1  # x + U(-o, o), in normalised units (CT: ~foreground std)
     noise: float = 0.1
 
 
@@ -74,6 +76,7 @@ class TrainConfig:
     target_spacing: list[float] | None = None  # in-plane mm for "spacing"; default: dataset median
     foreground_prob: float = 0.33  # share of samples centred on a foreground voxel
     ct_window: tuple[float, float] = (0.5, 99.5)  # percentiles of foreground HU used to clip CT
+    ct_clip_hu: tuple[float, float] | None = None  # fixed HU window instead (e.g. -125 275 as TransUNet's Synapse)
     slab_size: int | None = None  # adjacent slices per sample (SALSTM/LSTMSA); default from the model
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     channels_last: bool = False
@@ -125,6 +128,7 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     d["augment"]["scale_range"] = list(cfg.augment.scale_range)
     d["ct_window"] = list(cfg.ct_window)
+    d["ct_clip_hu"] = list(cfg.ct_clip_hu) if cfg.ct_clip_hu is not None else None
     return d
 
 
@@ -145,8 +149,9 @@ def merge_config(base: TrainConfig, overrides: dict[str, Any], source: str = "ov
         if "scale_range" in aug:
             aug["scale_range"] = tuple(aug["scale_range"])
         values["augment"] = dataclasses.replace(base.augment, **aug)
-    if "ct_window" in values:
-        values["ct_window"] = tuple(values["ct_window"])
+    for key in ("ct_window", "ct_clip_hu"):
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
     if "fold" in values:
         values["fold"] = str(values["fold"])
     return dataclasses.replace(base, **values)

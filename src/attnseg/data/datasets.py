@@ -103,8 +103,8 @@ def build_augmentation(cfg: AugmentConfig, spatial_dims: int):
         ops.append(T.RandZoomd(keys, prob=cfg.scale, min_zoom=cfg.scale_range[0], max_zoom=cfg.scale_range[1],
                                mode=("bilinear", "nearest-exact"), keep_size=True))
     if cfg.intensity > 0:
-        ops.append(T.RandScaleIntensityd("image", factors=0.25, prob=cfg.intensity))
-        ops.append(T.RandShiftIntensityd("image", offsets=0.1, prob=cfg.intensity))
+        ops.append(T.RandScaleIntensityd("image", factors=cfg.intensity_scale, prob=cfg.intensity))
+        ops.append(T.RandShiftIntensityd("image", offsets=cfg.intensity_shift, prob=cfg.intensity))
     if cfg.noise > 0:
         ops.append(T.RandGaussianNoised("image", prob=cfg.noise, std=0.1))
     return T.Compose(ops) if ops else None

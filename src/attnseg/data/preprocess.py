@@ -178,8 +178,14 @@ def load_case(case: Case, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray | N
 
 def make_plan(info: DatasetInfo, train_ids: list[str], *, geometry: str, input_size: list[int], spatial_dims: int,
               target_spacing: list[float] | None = None, ct_window: tuple[float, float] = (0.5, 99.5),
-              max_samples_per_case: int = 100_000, seed: int = 0) -> Plan:
-    """Fingerprint the training cases (spacing, CT foreground intensities) into a :class:`Plan`."""
+              ct_clip_hu: tuple[float, float] | None = None, max_samples_per_case: int = 100_000,
+              seed: int = 0) -> Plan:
+    """Fingerprint the training cases (spacing, CT foreground intensities) into a :class:`Plan`.
+
+    CT channels are clipped to the ``ct_window`` percentiles of the training foreground (nnU-Net), or to the fixed
+    ``ct_clip_hu`` window when given (robust when test scans differ in contrast phase), then z-scored with the
+    clipped foreground's mean and std.
+    """
     kinds = [info.channel_kind(c) for c in range(info.num_channels)]
     if info.is_rgb:
         kinds = ["rgb"] * 3
@@ -202,7 +208,7 @@ def make_plan(info: DatasetInfo, train_ids: list[str], *, geometry: str, input_s
     for c, kind in enumerate(kinds):
         if kind == "ct" and fg_values[c]:
             v = np.concatenate(fg_values[c])
-            lo, hi = np.percentile(v, ct_window)
+            lo, hi = ct_clip_hu if ct_clip_hu is not None else np.percentile(v, ct_window)
             clipped = np.clip(v, lo, hi)
             ct_stats.append({"lo": float(lo), "hi": float(hi), "mean": float(clipped.mean()),
                              "std": float(clipped.std())})

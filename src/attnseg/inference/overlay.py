@@ -32,11 +32,28 @@ def _blend(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarr
     return out.astype(np.uint8)
 
 
+def _to_ras(arrays: list[np.ndarray | None], affine: np.ndarray) -> list[np.ndarray | None]:
+    import nibabel as nib
+
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
+                                           nib.orientations.axcodes2ornt(("R", "A", "S")))
+    out = []
+    for a in arrays:
+        if a is None:
+            out.append(None)
+        elif a.ndim == 4:
+            out.append(np.stack([nib.orientations.apply_orientation(c, ornt) for c in a]))
+        else:
+            out.append(nib.orientations.apply_orientation(a, ornt))
+    return out
+
+
 def save_overlay(path: str | Path, image: np.ndarray, prediction: np.ndarray, ground_truth: np.ndarray | None = None,
-                 *, rgb: bool = False) -> Path:
+                 *, rgb: bool = False, affine: np.ndarray | None = None) -> Path:
     """Write ``image | [ground truth |] prediction`` as a PNG.
 
-    ``image`` is ``[C, *spatial]``; volumes show the slice (last axis) with the most labelled voxels.
+    ``image`` is ``[C, *spatial]``; volumes show the axial slice with the most labelled voxels, in the radiological
+    view (anterior up, patient's right on the left) when ``affine`` is given.
     """
     from PIL import Image
 
@@ -44,12 +61,16 @@ def save_overlay(path: str | Path, image: np.ndarray, prediction: np.ndarray, gr
     pred = np.asarray(prediction)
     gt = None if ground_truth is None else np.asarray(ground_truth)
     if pred.ndim == 3:  # volume: pick the most informative axial slice
+        if affine is not None:
+            img, pred, gt = _to_ras([img, pred, gt], affine)
         ref = gt if gt is not None and gt.any() else pred
         z = int(np.argmax((ref > 0).reshape(-1, ref.shape[-1]).sum(0)))
-        img, pred = img[..., z], pred[..., z]
-        gt = None if gt is None else gt[..., z]
-        img, pred = np.rot90(img, axes=(-2, -1)), np.rot90(pred)  # RAS-style slices read better rotated
-        gt = None if gt is None else np.rot90(gt)
+
+        def view(a: np.ndarray) -> np.ndarray:  # RAS (x, y) -> rows anterior first, columns patient right first
+            return np.swapaxes(a[..., z], -2, -1)[..., ::-1, ::-1]
+
+        img, pred = view(img), view(pred)
+        gt = None if gt is None else view(gt)
     if rgb and img.shape[0] == 3:
         base = np.moveaxis(img, 0, -1)
         base = base if base.dtype == np.uint8 else _to_gray_uint8(base)

@@ -166,7 +166,7 @@ class Trainer:
 
         self.plan: Plan = make_plan(info, train_ids, geometry=c.geometry, input_size=c.input_size,
                                     spatial_dims=spatial_dims, target_spacing=c.target_spacing,
-                                    ct_window=tuple(c.ct_window), seed=c.seed)
+                                    ct_window=tuple(c.ct_window), ct_clip_hu=c.ct_clip_hu, seed=c.seed)
         self.plan.num_classes = num_classes
         train_cases = [preprocess_case(cid, *load_case(info.cases[cid], info), self.plan) for cid in train_ids]
         self.val_cases = [preprocess_case(cid, *load_case(info.cases[cid], info), self.plan) for cid in val_ids]
