@@ -135,8 +135,8 @@ class Trainer:
         else:
             train_ids, val_ids = list(splits[fold]["train"]), list(splits[fold].get("val", []))
         test_ids = set(splits.get("test", [])) if isinstance(splits.get("test"), list) else set()
-        if fold in splits and isinstance(splits[fold], dict):
-            test_ids |= set(splits[fold].get("test", []))  # a named split may carry its own test list
+        if isinstance(splits.get(fold), dict) and "test" in splits[fold]:
+            test_ids = set(splits[fold]["test"])  # a named split (e.g. ACDC "official") defines its own test set
         if (set(val_ids) | set(train_ids)) & test_ids:
             overlap = sorted((set(val_ids) | set(train_ids)) & test_ids)
             raise ConfigError(f"fold {fold!r}: cases {overlap[:5]} are both in train/val and in the test split; "
