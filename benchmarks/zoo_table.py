@@ -96,11 +96,31 @@ def markdown_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- zoo:start -->", "<!-- zoo:end -->"
+
+
 def _write_markdown(doc: dict[str, Any], out_dir: Path) -> None:
     md = out_dir / "zoo.md"
     tmp = md.with_suffix(".md.tmp")
     tmp.write_text(markdown_table(doc))
     tmp.replace(md)
+    _update_readme(markdown_table(doc))
+
+
+def _update_readme(table: str) -> None:
+    """Replace the README's model-zoo section (between the zoo markers) with ``table`` minus its title."""
+    if not README.exists():
+        return
+    text = README.read_text()
+    if START not in text or END not in text:
+        return
+    body = "\n".join(line for line in table.splitlines() if not line.startswith("# "))
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    tmp = README.with_suffix(".md.tmp")
+    tmp.write_text(f"{head}{START}\n{body.strip()}\n{END}{tail}")
+    tmp.replace(README)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's setting)")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory (2 subprocesses per model)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
-    parser.add_argument("--render-only", action="store_true", help="rewrite zoo.md from an existing zoo.json")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite zoo.md and the README's zoo table from an existing zoo.json")
     args = parser.parse_args(argv)
     if args.render_only:
         _write_markdown(json.loads((args.out_dir / "zoo.json").read_text()), args.out_dir)
