@@ -309,3 +309,22 @@ def test_bf16_autocast_finite() -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(1, 3, 64, 64))
     assert torch.isfinite(out.float()).all()
+
+
+def test_bench_reports_exact_and_thop_compatible_counts(tmp_path):
+    """`attnseg bench --model malunet` (the paper's 256x256): 177,943 parameters; thop-compatible 175,031."""
+    pytest.importorskip("thop")
+    from typer.testing import CliRunner
+
+    from attnseg.cli.args import join_multi_value_options
+    from attnseg.cli.main import app
+
+    out = tmp_path / "malunet.json"
+    args = ["bench", "--model", "malunet", "--input-size", "256", "256", "--num-classes", "1", "--runs", "1",
+            "--warmup", "0", "--no-memory", "--json", str(out)]
+    result = CliRunner().invoke(app, join_multi_value_options(args))
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert record["params"]["total"] == 177_943
+    assert record["complexity"]["params_thop"] == 175_031
+    assert record["complexity"]["macs_thop"] == 82_972_800  # the paper's "0.083 GFLOPs" are thop MACs

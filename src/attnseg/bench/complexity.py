@@ -37,6 +37,7 @@ __all__ = [
     "count_flops",
     "fvcore_macs",
     "thop_macs",
+    "thop_profile",
     "measure_complexity",
     "output_loss",
 ]
@@ -72,6 +73,7 @@ class ComplexityResult:
     fvcore_unsupported_ops: dict[str, int] = field(default_factory=dict)  # op -> times skipped
     fvcore_error: str | None = None
     macs_thop: int | None = None  # thop.profile MACs (module hooks only), None when thop is missing or failed
+    params_thop: int | None = None  # thop.profile's parameter count (modules with a thop rule only)
     thop_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,9 +190,10 @@ def fvcore_macs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[int, 
     return total, unsupported
 
 
-def thop_macs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int | None:
-    """MACs as ``thop.profile`` reports them (module hooks only), or ``None`` when thop is not installed.
+def thop_profile(model: nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[int, int] | None:
+    """``(MACs, params)`` as ``thop.profile`` reports them (module hooks only), or ``None`` without thop.
 
+    thop's parameter count skips modules it has no rule for (e.g. GroupNorm), which is what paper tables quote.
     thop adds ``total_ops``/``total_params`` buffers to every module it profiles, so it runs on a deep copy.
     """
     try:
@@ -200,8 +203,14 @@ def thop_macs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int | None:
     clone = copy.deepcopy(model)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        macs, _ = thop.profile(clone, inputs=tuple(inputs), verbose=False)
-    return int(macs)
+        macs, params = thop.profile(clone, inputs=tuple(inputs), verbose=False)
+    return int(macs), int(params)
+
+
+def thop_macs(model: nn.Module, inputs: Sequence[torch.Tensor]) -> int | None:
+    """MACs as ``thop.profile`` reports them, or ``None`` when thop is not installed."""
+    profile = thop_profile(model, inputs)
+    return None if profile is None else profile[0]
 
 
 def _error_text(exc: BaseException) -> str:
@@ -250,9 +259,11 @@ def measure_complexity(
             result.fvcore_error = "skipped"
         if use_thop:
             try:
-                result.macs_thop = thop_macs(model, (x,))
-                if result.macs_thop is None:
+                profile = thop_profile(model, (x,))
+                if profile is None:
                     result.thop_error = "thop is not installed"
+                else:
+                    result.macs_thop, result.params_thop = profile
             except Exception as exc:  # noqa: BLE001
                 result.thop_error = _error_text(exc)
         else:

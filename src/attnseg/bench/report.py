@@ -272,6 +272,8 @@ def render_table(record: dict[str, Any]) -> Any:
     fv_note = "fvcore, batch 1" + (f"; TOO LOW, skipped {', '.join(skipped)}" if skipped else "")
     table.add_row("MACs", format_count(cx.get("macs_fvcore")), cx.get("fvcore_error") or fv_note)
     table.add_row("FLOPs", format_count(cx.get("flops")), cx.get("flops_error") or "FlopCounterMode, batch 1")
+    if cx.get("params_thop") is not None:
+        table.add_row("params (thop-compat)", f"{cx['params_thop']:,}", "thop: only modules it has a rule for")
     table.add_row("MACs (thop-compat)", format_count(cx.get("macs_thop")),
                   cx.get("thop_error") or "thop: misses functional matmul/SDPA")
     where = f"{lat['device']}, {lat['threads']} thr, batch {lat['batch_size']}, n={lat['forward']['runs']}"
