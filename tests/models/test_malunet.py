@@ -6,8 +6,8 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
+from official_fixtures import load_case
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -32,12 +32,8 @@ def _n_params(module: torch.nn.Module) -> int:
 
 
 def _fixture(case: str) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    d = FIXTURES / case
-    meta = json.loads((d / "meta.json").read_text())
-    sd = load_file(str(d / "weights.safetensors"))
-    x = torch.from_numpy(np.load(d / "input.npy"))
-    y = torch.from_numpy(np.load(d / "output.npy"))
-    return meta, sd, x, y
+    meta, sd, (x,), y = load_case("malunet", case)
+    return meta, sd, x, torch.from_numpy(y)
 
 
 def _run(model: torch.nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:

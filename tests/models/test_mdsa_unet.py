@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from official_fixtures import load_case
 
 from attnseg.models import create_model, from_official, list_models
 from attnseg.models.mdsa_unet import (
@@ -29,11 +28,8 @@ def _tiny(**kwargs) -> MDSAUNet:
 
 
 def _load_case(case: str) -> tuple[dict, dict, torch.Tensor, np.ndarray]:
-    folder = FIXTURES / case
-    meta = json.loads((folder / "meta.json").read_text())
-    return meta, load_file(folder / "weights.safetensors"), torch.from_numpy(np.load(folder / "input.npy")), np.load(
-        folder / "output.npy"
-    )
+    meta, sd, (x,), expected = load_case("mdsa_unet", case)
+    return meta, sd, x, expected
 
 
 # ---- official equivalence ------------------------------------------------------------------------------------

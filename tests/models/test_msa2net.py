@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from official_fixtures import load_case
 from torch import nn
 
 from attnseg.models import create_model, from_official, model_info
@@ -40,12 +40,7 @@ def _one_thread():
 
 
 def _load_case(case: str):
-    d = FIXTURES / case
-    meta = json.loads((d / "meta.json").read_text())
-    sd = load_file(str(d / "weights.safetensors"))
-    inputs = [torch.from_numpy(np.load(d / i["file"])) for i in meta["inputs"]]
-    ref = np.load(d / meta["output"]["file"])
-    return meta, sd, inputs, ref
+    return load_case("msa2net", case)
 
 
 def _n_params(m: nn.Module) -> int:
