@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in names if n not in set(args.skip)]
     settings = {k: getattr(args, k) for k in ("runs", "warmup", "batch_size", "in_channels", "num_classes", "threads")}
     doc: dict[str, Any] = {
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "settings": settings,
         "models_requested": names,
         "results": [],

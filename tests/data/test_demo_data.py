@@ -8,7 +8,7 @@ pinned voxel counts, and that the DICOM fixture sits where the test scan says it
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -41,7 +41,7 @@ def _cases(images: str) -> list[str]:
     return sorted(p.name[: -len("_0000.nii.gz")] for p in (DATASET / images).glob("*_0000.nii.gz"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, str]:
     sub = "Ts" if case in _cases("imagesTs") else "Tr"
     img = nib.load(DATASET / f"images{sub}" / f"{case}_0000.nii.gz")

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from official_fixtures import load_case
 import torch
+from official_fixtures import load_case
 from safetensors.torch import load_file, save_file
 
 from attnseg.models import create_model, from_official, list_models, model_info

@@ -14,8 +14,8 @@ from torch import nn
 
 from attnseg.models import create_model, from_official, model_info
 from attnseg.models.msa2net import (
-    MSA2Net,
     DecoderStage,
+    MSA2Net,
     official_dead_prefixes,
     official_rename,
 )

@@ -186,7 +186,7 @@ def run_benchmark(
     cx = complexity.to_dict()
     return {
         "schema": SCHEMA,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "model": {
             "name": name,
             "spatial_dims": info.spatial_dims,

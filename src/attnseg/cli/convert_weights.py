@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -49,7 +49,7 @@ def convert_weights_command(
     checkpoint: Path = typer.Argument(..., help="Official checkpoint (.pth/.pt, read with weights_only=True)."),
     output: Path = typer.Argument(..., help="Output .safetensors file (our parameter names)."),
     official_class: str = typer.Option(..., "--official-class", help="Official class, e.g. models.malunet.MALUNet."),
-    kwargs: Optional[str] = typer.Option(None, "--kwargs", help="Official constructor kwargs as JSON."),
+    kwargs: str | None = typer.Option(None, "--kwargs", help="Official constructor kwargs as JSON."),
 ) -> None:
     """Map an official checkpoint onto attnseg's model (strict: every tensor used, every parameter filled)."""
     from rich.console import Console

@@ -35,9 +35,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from attnseg.config import ConfigError
     from attnseg.data.io import ImageReadError
     from attnseg.data.layout import DatasetError
-    from attnseg.models.official import OfficialWeightsError
-
     from attnseg.inference.predictor import RunError
+    from attnseg.models.official import OfficialWeightsError
 
     errors: list[type[BaseException]] = [ConfigError, DatasetError, ImageReadError, OfficialWeightsError, RunError,
                                          FileNotFoundError, KeyError]

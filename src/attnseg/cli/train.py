@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,26 +12,26 @@ __all__ = ["train_command"]
 
 
 def train_command(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Registered model name (see `attnseg models`)."),
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Dataset folder (nnU-Net raw layout)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to create (or continue)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML recipe; flags override its values."),
-    fold: Optional[str] = typer.Option(None, help="Split name in splits.json (0 = fold0; 'all' = every case)."),
-    iterations: Optional[int] = typer.Option(None, help="Total optimiser steps (or give --epochs)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (an epoch = one pass over the training samples)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Batch size per process."),
-    input_size: Optional[str] = typer.Option(None, "--input-size", help="Network input size: H W (2D) or D H W."),
-    lr: Optional[float] = typer.Option(None, help="Base learning rate."),
-    optimizer: Optional[str] = typer.Option(None, help="sgd | adam | adamw."),
-    scheduler: Optional[str] = typer.Option(None, help="poly | cosine | constant."),
-    loss: Optional[str] = typer.Option(None, help="dice_ce | bce_dice | ce_dice_0.4_0.6 | boundary_dou | ce | bce."),
-    val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps (default: per epoch)."),
-    seed: Optional[int] = typer.Option(None, help="Random seed (init, sampling, augmentation)."),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N | mps."),
-    amp: Optional[str] = typer.Option(None, help="Mixed precision on CUDA: none | bf16 | fp16."),
-    geometry: Optional[str] = typer.Option(None, help="spacing (reorient+resample+crop) | resize (papers')."),
-    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Data-loading worker processes."),
-    model_kwargs: Optional[str] = typer.Option(None, "--model-kwargs", help="Model options as JSON."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Registered model name (see `attnseg models`)."),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Dataset folder (nnU-Net raw layout)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory to create (or continue)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML recipe; flags override its values."),
+    fold: str | None = typer.Option(None, help="Split name in splits.json (0 = fold0; 'all' = every case)."),
+    iterations: int | None = typer.Option(None, help="Total optimiser steps (or give --epochs)."),
+    epochs: int | None = typer.Option(None, help="Epochs (an epoch = one pass over the training samples)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", "-b", help="Batch size per process."),
+    input_size: str | None = typer.Option(None, "--input-size", help="Network input size: H W (2D) or D H W."),
+    lr: float | None = typer.Option(None, help="Base learning rate."),
+    optimizer: str | None = typer.Option(None, help="sgd | adam | adamw."),
+    scheduler: str | None = typer.Option(None, help="poly | cosine | constant."),
+    loss: str | None = typer.Option(None, help="dice_ce | bce_dice | ce_dice_0.4_0.6 | boundary_dou | ce | bce."),
+    val_every: int | None = typer.Option(None, "--val-every", help="Validate every N steps (default: per epoch)."),
+    seed: int | None = typer.Option(None, help="Random seed (init, sampling, augmentation)."),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda | cuda:N | mps."),
+    amp: str | None = typer.Option(None, help="Mixed precision on CUDA: none | bf16 | fp16."),
+    geometry: str | None = typer.Option(None, help="spacing (reorient+resample+crop) | resize (papers')."),
+    num_workers: int | None = typer.Option(None, "--num-workers", help="Data-loading worker processes."),
+    model_kwargs: str | None = typer.Option(None, "--model-kwargs", help="Model options as JSON."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:

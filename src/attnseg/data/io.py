@@ -235,7 +235,8 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
         raise
     except Exception as exc:  # nibabel/SimpleITK/PIL raise many types for corrupt files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImageReadError(p, f"cannot read ({type(exc).__name__}: {reason[:200]}); is the file corrupt or truncated?")
+        problem = f"cannot read ({type(exc).__name__}: {reason[:200]}); is the file corrupt or truncated?"
+        raise ImageReadError(p, problem) from None
     raise ImageReadError(p, f"unsupported file type {image_suffix(p)!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}")
 
 

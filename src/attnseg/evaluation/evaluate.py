@@ -86,7 +86,9 @@ def _values(value: Any, where: str, name: str) -> tuple[int, ...]:
     try:
         out = tuple(int(v) for v in vals)
     except (TypeError, ValueError):
-        raise EvaluationError(f"{where}: label {name!r} must be an integer (or a list of integers), got {value!r}")
+        raise EvaluationError(
+            f"{where}: label {name!r} must be an integer (or a list of integers), got {value!r}"
+        ) from None
     if not out or any(v < 0 for v in out) or any(float(v) != float(x) for v, x in zip(out, vals, strict=True)):
         raise EvaluationError(f"{where}: label {name!r} must be non-negative integers, got {value!r}")
     return out

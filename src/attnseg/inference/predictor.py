@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from attnseg.data.io import (
-
     SUPPORTED_SUFFIXES,
     ImageMeta,
     ImageReadError,
@@ -106,7 +105,7 @@ class Predictor:
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> Predictor:
         run = Path(run_dir)
         files = {name: run / name for name in ("model.json", "plan.json")}
-        for name, p in files.items():
+        for _name, p in files.items():
             if not p.exists():
                 raise RunError(f"{p}: missing; is {run} a run directory written by `attnseg train`?")
         weights = checkpoint_paths(run, checkpoint)[0]

@@ -9,13 +9,15 @@ the SALSTM release's backbone), ``denseunet.py`` + ``joint_attention.py`` (Joint
 from __future__ import annotations
 
 # One import per model file: importing registers its names (and its official-weights loader).
-from attnseg.models import unet  # noqa: F401
-from attnseg.models import malunet  # noqa: F401
-from attnseg.models import mdsa_unet  # noqa: F401
-from attnseg.models import msa2net  # noqa: F401
-from attnseg.models import mtunet  # noqa: F401
-from attnseg.models import salstm  # noqa: F401
-from attnseg.models import denseunet  # noqa: F401
+from attnseg.models import (
+    denseunet,  # noqa: F401
+    malunet,  # noqa: F401
+    mdsa_unet,  # noqa: F401
+    msa2net,  # noqa: F401
+    mtunet,  # noqa: F401
+    salstm,  # noqa: F401
+    unet,  # noqa: F401
+)
 from attnseg.models.official import from_official, list_official_classes
 from attnseg.models.registry import create_model, list_models, model_info
 
