@@ -38,18 +38,18 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import attnseg.models.malunet as malunet_module
+from attnseg.bench.speed import make_step, summarize_ms
 from attnseg.models import create_model
 
 __all__ = ["main"]
@@ -75,42 +75,12 @@ def _implementation(name: str) -> Iterator[None]:
         malunet_module._pool2 = shipped
 
 
-def _make_step(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
-    if mode == "forward":
-        model.eval()
-
-        def step() -> None:
-            with torch.no_grad():
-                model(x)
-
-    else:
-        model.train()
-
-        def step() -> None:
-            model.zero_grad(set_to_none=True)
-            model(x).mean().backward()
-
-    return step
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
-    return {
-        "median_ms": round(statistics.median(values) * 1e3, 2),
-        "q1_ms": round(q[0] * 1e3, 2),
-        "q3_ms": round(q[2] * 1e3, 2),
-        "iqr_ms": round((q[2] - q[0]) * 1e3, 2),
-        "min_ms": round(min(values) * 1e3, 2),
-        "n": len(values),
-    }
-
-
 def time_pair(batch: int, mode: str, runs: int, warmup: int) -> dict[str, dict[str, object]]:
     """Interleaved timing of both implementations for one (batch, mode) at the current thread count."""
     torch.manual_seed(0)
     model = create_model("malunet", in_channels=3, num_classes=1)
     x = torch.randn(batch, 3, SIZE, SIZE)
-    step = _make_step(model, x, mode)
+    step = make_step(model, x, mode)
     wall: dict[str, list[float]] = {n: [] for n in IMPLEMENTATIONS}
     cpu: dict[str, list[float]] = {n: [] for n in IMPLEMENTATIONS}
     for i in range(warmup + runs):
@@ -122,7 +92,7 @@ def time_pair(batch: int, mode: str, runs: int, warmup: int) -> dict[str, dict[s
             if i >= warmup:
                 wall[name].append(t1 - t0)
                 cpu[name].append(c1 - c0)
-    return {n: {"wall": _summary(wall[n]), "process_cpu": _summary(cpu[n])} for n in IMPLEMENTATIONS}
+    return {n: {"wall": summarize_ms(wall[n], 2), "process_cpu": summarize_ms(cpu[n], 2)} for n in IMPLEMENTATIONS}
 
 
 def tensor_peak(name: str, batch: int, mode: str) -> dict[str, float]:
@@ -132,7 +102,7 @@ def tensor_peak(name: str, batch: int, mode: str) -> dict[str, float]:
     torch.manual_seed(0)
     model = create_model("malunet", in_channels=3, num_classes=1)
     x = torch.randn(batch, 3, SIZE, SIZE)
-    step = _make_step(model, x, mode)
+    step = make_step(model, x, mode)
     with _implementation(name):
         step()  # first-use allocations outside the profiled pass
         if mode == "forward_backward":
@@ -161,10 +131,10 @@ def _rss_child(name: str, batch: int, mode: str, threads: int) -> None:
     torch.manual_seed(0)
     model = create_model("malunet", in_channels=3, num_classes=1)
     with _implementation(name):
-        _make_step(model, torch.randn(batch, 3, 32, 32), mode)()  # warm libraries up at a tiny size
+        make_step(model, torch.randn(batch, 3, 32, 32), mode)()  # warm libraries up at a tiny size
         model.zero_grad(set_to_none=True)
         x = torch.randn(batch, 3, SIZE, SIZE)
-        step = _make_step(model, x, mode)
+        step = make_step(model, x, mode)
         with open("/proc/self/statm") as f:
             rss_before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         step()

@@ -32,15 +32,14 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from attnseg.bench.speed import make_step, summarize_ms
 from attnseg.models import create_model
 
 __all__ = ["main"]
@@ -65,38 +64,9 @@ def _build_pair() -> dict[str, torch.nn.Module]:
     return {"executed_only": executed, "with_dead_modules": dead}
 
 
-def _make_step(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
-    if mode == "forward":
-        model.eval()
-
-        def step() -> None:
-            with torch.no_grad():
-                model(x)
-
-    else:
-        model.train()
-
-        def step() -> None:
-            model.zero_grad(set_to_none=True)
-            model(x).mean().backward()
-
-    return step
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
-    return {
-        "median_ms": round(statistics.median(values) * 1e3, 1),
-        "q1_ms": round(q[0] * 1e3, 1),
-        "q3_ms": round(q[2] * 1e3, 1),
-        "min_ms": round(min(values) * 1e3, 1),
-        "n": len(values),
-    }
-
-
 def time_builds(models: dict[str, torch.nn.Module], mode: str, runs: int, warmup: int) -> dict[str, dict]:
     x = torch.randn(1, 1, SIZE, SIZE)
-    steps = {name: _make_step(m, x, mode) for name, m in models.items()}
+    steps = {name: make_step(m, x, mode) for name, m in models.items()}
     wall: dict[str, list[float]] = {n: [] for n in models}
     cpu: dict[str, list[float]] = {n: [] for n in models}
     for i in range(warmup + runs):
@@ -109,7 +79,7 @@ def time_builds(models: dict[str, torch.nn.Module], mode: str, runs: int, warmup
                 cpu[name].append(c1 - c0)
     for m in models.values():
         m.zero_grad(set_to_none=True)
-    return {n: {"wall": _summary(wall[n]), "process_cpu": _summary(cpu[n])} for n in models}
+    return {n: {"wall": summarize_ms(wall[n], 1), "process_cpu": summarize_ms(cpu[n], 1)} for n in models}
 
 
 def _status_mib(field: str) -> float:
@@ -128,7 +98,7 @@ def _memory_child(name: str, mode: str, threads: int) -> None:
     model = _build(name)
     built = _status_mib("VmRSS")
     param_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    step = _make_step(model, torch.randn(1, 1, SIZE, SIZE), mode)
+    step = make_step(model, torch.randn(1, 1, SIZE, SIZE), mode)
     step()  # warm-up pass (its peak counts too: VmHWM is a high-water mark)
     step()
     peak = _status_mib("VmHWM")

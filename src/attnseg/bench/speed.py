@@ -125,6 +125,33 @@ def time_callable(fn: Callable[[], Any], runs: int, warmup: int, device: str | t
     )
 
 
+def make_step(model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
+    """One benchmark call: ``"forward"`` (eval, no grad) or ``"forward_backward"`` (train, mean-of-logits backward)."""
+    if mode == "forward":
+        model.eval()
+
+        def forward() -> None:
+            with torch.no_grad():
+                model(x)
+
+        return forward
+    model.train()
+
+    def forward_backward() -> None:
+        model.zero_grad(set_to_none=True)
+        model(x).mean().backward()
+
+    return forward_backward
+
+
+def summarize_ms(seconds: Sequence[float], digits: int = 2) -> dict[str, float]:
+    """Median, quartiles, IQR and minimum (ms) of timings given in seconds."""
+    ms = np.asarray(seconds, dtype=float) * 1e3
+    q1, med, q3 = (float(v) for v in np.percentile(ms, [25, 50, 75]))
+    return {"median_ms": round(med, digits), "q1_ms": round(q1, digits), "q3_ms": round(q3, digits),
+            "iqr_ms": round(q3 - q1, digits), "min_ms": round(float(ms.min()), digits), "n": int(ms.size)}
+
+
 def _make_input(input_shape: Sequence[int], device: torch.device) -> torch.Tensor:
     return torch.randn(tuple(int(s) for s in input_shape), generator=torch.Generator().manual_seed(0)).to(device)
 
