@@ -13,6 +13,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from attnseg.bench import measure_complexity, measure_speed, write_json_atomic
@@ -26,7 +27,7 @@ SIZE = 128  # the bottleneck is 4x4 at 128; attention sits at the first decoder 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -51,18 +52,21 @@ def main() -> None:
                 "val_dice_mean": summary["best_val_dice"],
                 "test_dice": {k: v["dice"] for k, v in test["per_class"].items()},
                 "test_dice_fg_mean": test["foreground_mean"]["dice"],
+                # the mean over the organs the test scan contains (absent organs score 1 when not predicted)
+                "test_dice_present_mean": float(np.mean([v["dice"] for k, v in test["per_class"].items()
+                                                         if test["counts"]["per_class"][k]["gt_present"]])),
             })
             print(json.dumps(rows[-1]))
     record = {"iterations": args.iterations, "input_size": SIZE, "model": "ja_denseunet_small",
               "attention_positions": ["up1"], "rows": rows}
     write_json_atomic(args.out / "ja_ablation.json", record)
-    lines = ["| attention | params | GFLOPs | CPU ms (fwd, b1) | val Dice | test Dice (fg mean) | liver | spleen |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| attention | params | GFLOPs | CPU ms (fwd, b1) | val Dice | test Dice (organs in scan) | liver | spleen "
+             "| stomach |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = r["test_dice"]
         lines.append(f"| {r['attention']} | {r['params']:,} | {r['flops_g']:.3f} | {r['latency_ms']:.1f} | "
-                     f"{r['val_dice_mean']:.3f} | {r['test_dice_fg_mean']:.3f} | {d.get('liver', 0):.3f} | "
-                     f"{d.get('spleen', 0):.3f} |")
+                     f"{r['val_dice_mean']:.3f} | {r['test_dice_present_mean']:.3f} | {d.get('liver', 0):.3f} | "
+                     f"{d.get('spleen', 0):.3f} | {d.get('stomach', 0):.3f} |")
     (args.out / "ja_ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
