@@ -60,8 +60,8 @@ def main() -> None:
     record = {"iterations": args.iterations, "input_size": SIZE, "model": "ja_denseunet_small",
               "attention_positions": ["up1"], "rows": rows}
     write_json_atomic(args.out / "ja_ablation.json", record)
-    lines = ["| attention | params | GFLOPs | CPU ms (fwd, b1) | val Dice | test Dice (organs in scan) | liver | spleen "
-             "| stomach |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| attention | params | GFLOPs | CPU ms (fwd, b1) | val Dice | test Dice (organs in scan) | liver "
+             "| spleen | stomach |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = r["test_dice"]
         lines.append(f"| {r['attention']} | {r['params']:,} | {r['flops_g']:.3f} | {r['latency_ms']:.1f} | "
