@@ -1,5 +1,5 @@
-"""MALUNet's ISIC workflow end to end: challenge folders -> convert-dataset -> train (paper recipe) -> predict ->
-evaluate with the pooled ISIC protocol; plus a short run on the demo CT."""
+"""Workflows end to end: MALUNet's ISIC pipeline (challenge folders -> convert-dataset -> paper recipe -> predict ->
+pooled ISIC evaluation), MALUNet and SALSTM (3-slice slabs) on the demo CT."""
 
 from __future__ import annotations
 
@@ -80,3 +80,21 @@ def test_malunet_trains_on_the_demo_ct(demo_dataset, tmp_path):
          "--val-every", "30", "-q")
     losses = _losses(run)
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_salstm_trains_on_demo_ct_with_three_slice_inputs(demo_dataset, tmp_path):
+    """SALSTM on a U-Net backbone: the pipeline feeds [B, 1, 3, H, W] slabs and predicts volumes slab by slab."""
+    run = tmp_path / "run"
+    kwargs = json.dumps({"backbone": "unet", "backbone_kwargs": {"width": 4}, "hidden_channels": 8})
+    _cli("train", "--model", "salstm", "--model-kwargs", kwargs, "--data", str(demo_dataset), "--out", str(run),
+         "--iterations", "30", "--batch-size", "4", "--input-size", "64", "64", "--lr", "0.01", "--optimizer", "adamw",
+         "--num-workers", "0", "--val-every", "30", "-q")
+    assert json.loads((run / "model.json").read_text())["slab_size"] == 3
+    losses = _losses(run)
+    assert losses[-1] < 0.85 * losses[0], losses
+    _cli("predict", "--run", str(run), "--input", str(demo_dataset / "imagesTs"), "--output", str(tmp_path / "p"))
+    import nibabel as nib
+
+    ref = nib.load(demo_dataset / "imagesTs" / "ct_dicom_abdomen_0000.nii.gz")
+    mask = nib.load(tmp_path / "p" / "ct_dicom_abdomen.nii.gz")
+    assert mask.shape == ref.shape and np.array_equal(mask.affine, ref.affine)
