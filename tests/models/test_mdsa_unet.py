@@ -280,3 +280,17 @@ def test_invalid_arguments_raise(kwargs: dict) -> None:
     if "attn_impl" in kwargs:
         with pytest.raises(ValueError):
             _tiny().set_attn_impl(kwargs["attn_impl"])
+
+
+def test_fvcore_macs_of_the_reference_path_equal_the_official_count():
+    """fvcore counts the released model at 4,501,320,320 MACs (spec §5.2); the reference path uses the same matmuls.
+
+    The fast path's SDPA is invisible to fvcore (reported as skipped by ``attnseg bench``), so the check uses the
+    reference path; FlopCounterMode counts both paths' attention (see tests/bench).
+    """
+    pytest.importorskip("fvcore")
+    from attnseg.bench.complexity import fvcore_macs
+
+    model = create_model("mdsa_unet", in_channels=3, num_classes=1, attn_impl="reference").eval()
+    macs, _ = fvcore_macs(model, [torch.zeros(1, 3, 224, 224)])
+    assert macs == 4_501_320_320
