@@ -41,7 +41,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 import attnseg.models.malunet as malunet_module
-from attnseg.bench.speed import make_step, summarize_ms
+from attnseg.bench.speed import make_step, time_interleaved
 from attnseg.models import create_model
 
 __all__ = ["main"]
@@ -81,18 +80,7 @@ def time_pair(batch: int, mode: str, runs: int, warmup: int) -> dict[str, dict[s
     model = create_model("malunet", in_channels=3, num_classes=1)
     x = torch.randn(batch, 3, SIZE, SIZE)
     step = make_step(model, x, mode)
-    wall: dict[str, list[float]] = {n: [] for n in IMPLEMENTATIONS}
-    cpu: dict[str, list[float]] = {n: [] for n in IMPLEMENTATIONS}
-    for i in range(warmup + runs):
-        for name in IMPLEMENTATIONS:
-            with _implementation(name):
-                c0, t0 = time.process_time(), time.perf_counter()
-                step()
-                t1, c1 = time.perf_counter(), time.process_time()
-            if i >= warmup:
-                wall[name].append(t1 - t0)
-                cpu[name].append(c1 - c0)
-    return {n: {"wall": summarize_ms(wall[n], 2), "process_cpu": summarize_ms(cpu[n], 2)} for n in IMPLEMENTATIONS}
+    return time_interleaved({n: step for n in IMPLEMENTATIONS}, runs, warmup, context=_implementation, digits=2)
 
 
 def tensor_peak(name: str, batch: int, mode: str) -> dict[str, float]:

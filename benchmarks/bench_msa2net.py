@@ -34,12 +34,11 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from attnseg.bench.speed import make_step, summarize_ms
+from attnseg.bench.speed import make_step, time_interleaved
 from attnseg.models import create_model
 
 __all__ = ["main"]
@@ -67,19 +66,10 @@ def _build_pair() -> dict[str, torch.nn.Module]:
 def time_builds(models: dict[str, torch.nn.Module], mode: str, runs: int, warmup: int) -> dict[str, dict]:
     x = torch.randn(1, 1, SIZE, SIZE)
     steps = {name: make_step(m, x, mode) for name, m in models.items()}
-    wall: dict[str, list[float]] = {n: [] for n in models}
-    cpu: dict[str, list[float]] = {n: [] for n in models}
-    for i in range(warmup + runs):
-        for name, step in steps.items():
-            c0, t0 = time.process_time(), time.perf_counter()
-            step()
-            t1, c1 = time.perf_counter(), time.process_time()
-            if i >= warmup:
-                wall[name].append(t1 - t0)
-                cpu[name].append(c1 - c0)
+    result = time_interleaved(steps, runs, warmup, digits=1)
     for m in models.values():
         m.zero_grad(set_to_none=True)
-    return {n: {"wall": summarize_ms(wall[n], 1), "process_cpu": summarize_ms(cpu[n], 1)} for n in models}
+    return result
 
 
 def _status_mib(field: str) -> float:

@@ -145,3 +145,23 @@ def test_slab_models_get_k_slices(monkeypatch) -> None:
     assert run_benchmark("_slab_probe", input_size=[3, 8, 8], runs=1, warmup=0, memory=False)["input_size"] == [3, 8, 8]
     with pytest.raises(ValueError, match="K=3"):
         run_benchmark("_slab_probe", input_size=[5, 8, 8], memory=False)
+
+
+def test_time_interleaved_runs_each_variant_inside_its_context():
+    import contextlib
+
+    from attnseg.bench.speed import time_interleaved
+
+    calls: list[str] = []
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def context(name):
+        entered.append(name)
+        yield
+
+    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    out = time_interleaved(steps, runs=3, warmup=1, context=context)
+    assert calls == ["a", "b"] * 4 and entered == calls  # round-robin, warm-up included, context around each call
+    assert set(out) == {"a", "b"} and out["a"]["wall"]["n"] == 3 and out["b"]["process_cpu"]["n"] == 3
+    assert out["a"]["wall"]["median_ms"] >= 0

@@ -21,13 +21,14 @@ Peak memory:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -150,6 +151,31 @@ def summarize_ms(seconds: Sequence[float], digits: int = 2) -> dict[str, float]:
     q1, med, q3 = (float(v) for v in np.percentile(ms, [25, 50, 75]))
     return {"median_ms": round(med, digits), "q1_ms": round(q1, digits), "q3_ms": round(q3, digits),
             "iqr_ms": round(q3 - q1, digits), "min_ms": round(float(ms.min()), digits), "n": int(ms.size)}
+
+
+def time_interleaved(
+    steps: Mapping[str, Callable[[], Any]],
+    runs: int,
+    warmup: int,
+    context: Callable[[str], contextlib.AbstractContextManager] | None = None,
+    digits: int = 2,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Time several variants round-robin (so load drifts hit all alike): wall and process-CPU summaries per name.
+
+    ``context(name)``, when given, is entered around each call of that variant (e.g. to swap an implementation).
+    """
+    wall: dict[str, list[float]] = {n: [] for n in steps}
+    cpu: dict[str, list[float]] = {n: [] for n in steps}
+    for i in range(warmup + runs):
+        for name, step in steps.items():
+            with context(name) if context is not None else contextlib.nullcontext():
+                c0, t0 = time.process_time(), time.perf_counter()
+                step()
+                t1, c1 = time.perf_counter(), time.process_time()
+            if i >= warmup:
+                wall[name].append(t1 - t0)
+                cpu[name].append(c1 - c0)
+    return {n: {"wall": summarize_ms(wall[n], digits), "process_cpu": summarize_ms(cpu[n], digits)} for n in steps}
 
 
 def _make_input(input_shape: Sequence[int], device: torch.device) -> torch.Tensor:
