@@ -112,3 +112,13 @@ def test_png_model_round_trip(rgb_dataset, tmp_path):
     assert _predict(out, img, tmp_path / "pred", "--tta").exit_code == 0
     mask = np.asarray(Image.open(tmp_path / "pred" / "img000.png"))
     assert mask.shape == np.asarray(Image.open(img)).shape[:2] and set(np.unique(mask)) <= {0, 1}
+
+
+def test_rgb_folder_files_are_cases_not_channels(tmp_path):
+    from attnseg.inference.predictor import find_inputs
+
+    for name in ("a_0000.png", "a_0001.png", "b.png"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / name)
+    assert [(i.case_id, len(i.paths)) for i in find_inputs(tmp_path, 1)] == [("a", 1), ("a_0001", 1), ("b", 1)]
+    two = find_inputs(tmp_path, 2)
+    assert [(i.case_id, len(i.paths)) for i in two] == [("a", 2), ("b", 1)]

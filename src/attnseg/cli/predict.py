@@ -30,7 +30,7 @@ def predict_command(
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint must be best or last, got {checkpoint!r}")
     predictor = Predictor.from_run(run, checkpoint=checkpoint, device=resolve_device(device))
-    items = find_inputs(input, len(predictor.plan.channel_kinds))
+    items = find_inputs(input, predictor.files_per_case)
     if not items:
         raise ConfigError(f"--input {input}: no images found")
     console = Console(stderr=True)

@@ -51,10 +51,11 @@ class PredictionInput:
     is_dicom: bool = False
 
 
-def find_inputs(path: Path, num_channels: int) -> list[PredictionInput]:
+def find_inputs(path: Path, files_per_case: int) -> list[PredictionInput]:
     """Cases under ``path``: a file, a DICOM series folder, or a folder of both.
 
-    With several channels, files are grouped by the nnU-Net channel suffix (``CASE_0000``, ``CASE_0001``, ...).
+    With several channel files per case, files are grouped by the nnU-Net channel suffix (``CASE_0000``,
+    ``CASE_0001``, ...); otherwise every file is a case (a ``_0000`` suffix is dropped from the output name).
     """
     path = Path(path)
     if not path.exists():
@@ -75,7 +76,7 @@ def find_inputs(path: Path, num_channels: int) -> list[PredictionInput]:
             continue
         stem = strip_suffix(p)
         m = re.fullmatch(r"(.+)_(\d{4})", stem)
-        if num_channels > 1 and m:
+        if files_per_case > 1 and m:
             groups.setdefault(m.group(1), {})[int(m.group(2))] = p
         else:
             items.append(PredictionInput(_case_name(p), [p]))
@@ -123,8 +124,9 @@ class Predictor:
                    slab=int(build.get("slab_size", 1)), label_names=names, device=device)
 
     @property
-    def num_input_channels(self) -> int:
-        return len(self.plan.channel_kinds) if "rgb" not in self.plan.channel_kinds else 1
+    def files_per_case(self) -> int:
+        """Channel files per case: one per channel, except RGB images (three colours in one file)."""
+        return 1 if "rgb" in self.plan.channel_kinds else len(self.plan.channel_kinds)
 
     def read(self, item: PredictionInput) -> tuple[np.ndarray, ImageMeta]:
         arrays, meta = [], None
