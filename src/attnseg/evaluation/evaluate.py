@@ -532,11 +532,16 @@ def _fmt(value: Any) -> str:
         return "nan"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
-    return f"{float(value):.4f}"
+    value = float(value)
+    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3f}"  # fits an 80-column terminal
+
+
+_SHORT = {"precision": "prec", "recall": "recall", "specificity": "spec", "accuracy": "acc", "sensitivity": "sens"}
 
 
 def summary_table(summary: Mapping[str, Any]) -> Any:
     """A ``rich.table.Table`` of the per-class aggregates and the foreground mean, with NaN counts for distances."""
+    from rich import box
     from rich.table import Table
 
     protocol = get_protocol(summary["protocol"])
@@ -547,10 +552,10 @@ def summary_table(summary: Mapping[str, Any]) -> Any:
     caption = [f"distances in {unit}"] if unit else []
     if has_nan:
         caption.append("excl. = cases whose value is NaN (see the rules), left out of the mean")
-    table = Table(title=title, caption="; ".join(caption) or None)
-    table.add_column("class", no_wrap=True)
+    table = Table(title=title, caption="; ".join(caption) or None, box=box.SIMPLE_HEAD)  # no rules: fits 80 columns
+    table.add_column("class", overflow="fold")
     for k in keys:
-        table.add_column(k, justify="right")
+        table.add_column(_SHORT.get(k, k), justify="right", no_wrap=True)
     if has_nan:
         table.add_column("excl.", justify="right")
     for name, vals in summary["per_class"].items():
