@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -27,8 +28,11 @@ def _run(cmd, env_extra=None):
 
 
 def test_two_gloo_processes_match_one_process_with_the_global_batch(rgb_dataset, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-                "-m", "attnseg.cli.main", "train"]
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                "--master_addr=127.0.0.1", "-m", "attnseg.cli.main", "train"]
     _run([*torchrun, "--data", str(rgb_dataset), "--out", str(tmp_path / "ddp"), "--batch-size", "1", *ARGS])
     _run([sys.executable, "-m", "attnseg.cli.main", "train", "--data", str(rgb_dataset), "--out",
           str(tmp_path / "single"), "--batch-size", "2", *ARGS])
