@@ -101,3 +101,10 @@ def test_schedulers_follow_their_formulas(ct_dataset, tmp_path):
             trainer.optimizer.step()
             trainer.scheduler.step()
         assert lrs == pytest.approx([expected(t) for t in range(10)], rel=1e-6)
+
+
+def test_epochs_derive_iterations_from_the_training_samples(ct_dataset, tmp_path):
+    # 2 training cases of 12 slices each (fold0 of 3 cases) at batch 4: an epoch is ceil(24 / 4) = 6 iterations
+    summary = train(_cfg(ct_dataset, tmp_path / "run", iterations=None, epochs=2, batch_size=4, val_every=6),
+                    progress=False)
+    assert summary["iterations_per_epoch"] == 6 and summary["iterations"] == 12 and summary["epochs"] == 2

@@ -69,6 +69,7 @@ def train_command(
             raise ConfigError(f"--{required} is required (or set it in the --config recipe)")
     summary = train(cfg, resume=resume, progress=not quiet)
     console = Console()
-    console.print(f"[green]done[/]: {summary['iterations']} iterations; run directory {cfg.out}")
+    console.print(f"[green]done[/]: {summary['iterations']} iterations ({summary['epochs']} epochs of "
+                  f"{summary['iterations_per_epoch']}); run directory {cfg.out}")
     if summary.get("best_val_dice") is not None:
         console.print(f"best validation mean Dice {summary['best_val_dice']:.4f}")

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -281,11 +279,3 @@ def restore_geometry(prediction: np.ndarray, geometry: Geometry, *, is_label: bo
         arr = _apply_ornt(arr, geometry.inverse_ornt, channel_first=True)
     arr = np.ascontiguousarray(arr)
     return arr if lead else arr[0]
-
-
-def plan_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "plan.json"
-
-
-def describe(plan: Plan) -> dict[str, Any]:
-    return asdict(plan)

@@ -386,7 +386,9 @@ class Trainer:
                 writer.close()
         if not self.val_cases and ddp.is_main():
             self.save("best")  # no validation split: "best" is the final model (recorded in summary)
-        summary = {"iterations": self.iteration, "best_val_dice": self.best_metric if self.val_cases else None,
+        summary = {"iterations": self.iteration, "iterations_per_epoch": self.iterations_per_epoch,
+                   "epochs": TrainConfig.derived_epochs(self.total_iterations, self.iterations_per_epoch),
+                   "best_val_dice": self.best_metric if self.val_cases else None,
                    "final_val_dice": last_val or None, "selected_on": "val" if self.val_cases else "none (last)"}
         if ddp.is_main():
             from attnseg.data.layout import atomic_write_text
