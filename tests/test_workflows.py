@@ -98,3 +98,34 @@ def test_salstm_trains_on_demo_ct_with_three_slice_inputs(demo_dataset, tmp_path
     ref = nib.load(demo_dataset / "imagesTs" / "ct_dicom_abdomen_0000.nii.gz")
     mask = nib.load(tmp_path / "p" / "ct_dicom_abdomen.nii.gz")
     assert mask.shape == ref.shape and np.array_equal(mask.affine, ref.affine)
+
+
+def test_gray_png_dataset_predict_with_overlays_then_evaluate_the_same_folder(tmp_path):
+    """A one-channel 2D dataset (ultrasound-like): overlays must not pollute the prediction folder evaluate reads."""
+    from attnseg.data.layout import write_dataset_json
+
+    root = tmp_path / "Dataset300_US"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:45, :60]
+    for i in range(8):
+        mask = ((yy - rng.uniform(15, 30)) / 9) ** 2 + ((xx - rng.uniform(20, 40)) / 12) ** 2 <= 1
+        img = rng.normal(120, 20, mask.shape)
+        img[mask] = rng.normal(60, 20, int(mask.sum()))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "imagesTr" / f"us{i:03d}_0000.png")
+        Image.fromarray(mask.astype(np.uint8)).save(root / "labelsTr" / f"us{i:03d}.png")
+    write_dataset_json(root, channel_names={0: "US"}, labels={"background": 0, "nodule": 1}, file_ending=".png",
+                       num_training=8)
+    run, pred = tmp_path / "run", tmp_path / "pred"
+    _cli("train", "--model", "malunet", "--data", str(root), "--out", str(run), "--iterations", "40", "--batch-size",
+         "4", "--input-size", "64", "64", "--geometry", "resize", "--loss", "bce_dice", "--optimizer", "adamw", "--lr",
+         "0.01", "--num-workers", "0", "-q")
+    _cli("predict", "--run", str(run), "--input", str(root / "imagesTr"), "--output", str(pred), "--overlay")
+    assert (pred / "overlays" / "us000.png").exists()
+    mask = np.asarray(Image.open(pred / "us000.png"))
+    assert mask.shape == (45, 60)  # back on the input grid after the papers' resize protocol
+    out = tmp_path / "s.json"
+    _cli("evaluate", "--pred", str(pred), "--gt", str(root / "labelsTr"), "--dataset", str(root), "--protocol", "isic",
+         "--out", str(out))
+    assert json.loads(out.read_text())["foreground_mean"]["dice"] > 0.7

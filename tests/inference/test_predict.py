@@ -49,7 +49,7 @@ def test_nifti_with_oblique_affine_keeps_its_affine(ct_run, ct_dataset, tmp_path
     assert probs.shape == (3, *src.shape)
     np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=5e-3)
     assert (probs.argmax(0) == np.asarray(mask.dataobj)).mean() > 0.98  # float16 storage may flip near-ties
-    assert (tmp_path / "out" / "oblique_overlay.png").exists()
+    assert (tmp_path / "out" / "overlays" / "oblique.png").exists()
 
 
 def test_reoriented_copy_gets_the_same_segmentation(ct_run, ct_dataset, tmp_path):

@@ -15,7 +15,7 @@ def predict_command(
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the masks (same geometry as the input)."),
     checkpoint: str = typer.Option("best", help="best | last."),
     tta: bool = typer.Option(False, "--tta", help="Average over in-plane flips (test-time augmentation)."),
-    overlay: bool = typer.Option(False, "--overlay", help="Also write CASE_overlay.png (image | prediction)."),
+    overlay: bool = typer.Option(False, "--overlay", help="Also write overlays/CASE.png (image | prediction)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write CASE_probabilities.npz."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
 ) -> None:

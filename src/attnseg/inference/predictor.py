@@ -176,7 +176,9 @@ class Predictor:
                 if probabilities:
                     _save_npz(out / f"{item.case_id}_probabilities.npz", probs.astype(np.float16))
                 if overlay:
-                    save_overlay(out / f"{item.case_id}_overlay.png", image, labels, rgb=meta.rgb, affine=meta.affine)
+                    # in a subfolder, so a PNG dataset's prediction folder holds only masks (evaluate reads it)
+                    save_overlay(out / "overlays" / f"{item.case_id}.png", image, labels, rgb=meta.rgb,
+                                 affine=meta.affine)
             except (ImageReadError, ValueError, RuntimeError, OSError) as exc:
                 error = exc
                 failures[item.case_id] = str(exc)
