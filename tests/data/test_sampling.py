@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from attnseg.config import AugmentConfig
-from attnseg.data.datasets import CaseCache, SliceSampler, crop_or_pad, slab_indices
+from attnseg.data.datasets import CaseCache, SliceSampler, build_augmentation, crop_or_pad, slab_indices
 from attnseg.data.io import read_image
 from attnseg.data.layout import load_dataset
 from attnseg.data.preprocess import Plan, load_case, make_plan, preprocess_case, restore_geometry
@@ -96,3 +96,19 @@ def test_slab_samples_stack_adjacent_slices(cache_and_plan):
     single = SliceSampler(cache, plan, 10, seed=0, augment=None, slab_size=1, foreground_prob=1.0)
     xs, ys = single.sample(0)
     assert np.array_equal(x[:, 1], xs) and np.array_equal(y, ys)  # centre slice = the single-slice sample
+
+
+def test_3d_rotation_stays_in_the_axial_plane():
+    import torch
+
+    aug = build_augmentation(AugmentConfig(flip=0, rotate=1.0, rotate_degrees=90, scale=0, intensity=0, noise=0), 3)
+    image = np.zeros((1, 15, 15, 5), np.float32)
+    image[0, 2:13, 7, :] = 1  # a sheet along axes 0 and 2
+    rotated_any = False
+    for seed in range(5):
+        aug.set_random_state(seed=seed)
+        out = aug({"image": torch.from_numpy(image), "label": torch.from_numpy(image.astype(np.int64))})
+        rot = np.asarray(out["image"])[0]
+        assert np.allclose(rot.sum((0, 1)), rot.sum((0, 1))[0], atol=1e-3)  # every slice gets the same turn
+        rotated_any |= not np.allclose(rot, image[0], atol=1e-3)
+    assert rotated_any

@@ -96,8 +96,10 @@ def build_augmentation(cfg: AugmentConfig, spatial_dims: int):
         ops.append(T.RandRotate90d(keys, prob=cfg.rot90, spatial_axes=(axes[-2], axes[-1])))
     if cfg.rotate > 0:
         rad = float(np.deg2rad(cfg.rotate_degrees))
-        rng = (rad, 0.0, 0.0) if spatial_dims == 3 else rad
-        ops.append(T.RandRotated(keys, range_x=rng, prob=cfg.rotate, mode=("bilinear", "nearest"),
+        # in-plane rotation: MONAI's range_x for 2D; for volumes, range_z turns within the plane of axes 0-1
+        # (the axial plane after RAS reorientation), the slice axis staying put
+        plane = {"range_x": rad} if spatial_dims == 2 else {"range_x": 0.0, "range_z": rad}
+        ops.append(T.RandRotated(keys, **plane, prob=cfg.rotate, mode=("bilinear", "nearest"),
                                  padding_mode="zeros", keep_size=True))
     if cfg.scale > 0:
         ops.append(T.RandZoomd(keys, prob=cfg.scale, min_zoom=cfg.scale_range[0], max_zoom=cfg.scale_range[1],
