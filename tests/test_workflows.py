@@ -129,3 +129,15 @@ def test_gray_png_dataset_predict_with_overlays_then_evaluate_the_same_folder(tm
     _cli("evaluate", "--pred", str(pred), "--gt", str(root / "labelsTr"), "--dataset", str(root), "--protocol", "isic",
          "--out", str(out))
     assert json.loads(out.read_text())["foreground_mean"]["dice"] > 0.7
+
+
+def test_salstm2d_reconstruction_trains_on_a_2d_dataset(rgb_dataset, tmp_path):
+    """The 2D variant builds its slab inside the model: the pipeline feeds plain images [B, 3, H, W]."""
+    run = tmp_path / "run"
+    kwargs = json.dumps({"backbone": "unet", "backbone_kwargs": {"width": 4}, "hidden_channels": 8})
+    _cli("train", "--model", "salstm2d", "--model-kwargs", kwargs, "--data", str(rgb_dataset), "--out", str(run),
+         "--iterations", "30", "--batch-size", "4", "--input-size", "32", "32", "--geometry", "resize", "--loss",
+         "bce_dice", "--lr", "0.01", "--optimizer", "adamw", "--num-workers", "0", "-q")
+    assert json.loads((run / "model.json").read_text())["slab_size"] == 1
+    losses = _losses(run)
+    assert losses[-1] < 0.85 * losses[0], losses

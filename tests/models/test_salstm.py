@@ -309,7 +309,7 @@ def test_released_model_param_counts(name: str, expected: str) -> None:
 def test_2d_shapes_and_gradients(name: str) -> None:
     torch.manual_seed(5)
     model = create_model(name, 3, 2, backbone="unet", backbone_kwargs=SMALL_UNET, hidden_channels=8)
-    assert isinstance(model, ScaleContextNet) and model.slab_size == 3
+    assert isinstance(model, ScaleContextNet) and model.levels == 3 and not hasattr(model, "slab_size")
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 2, 32, 32)
     out.square().mean().backward()

@@ -412,7 +412,8 @@ class ScaleContextNet(nn.Module):
         _check_backbone(backbone, type(backbone).__name__)
         self.backbone = backbone
         self.head = head
-        self.slab_size = slab_size
+        # pseudo-slices built inside the model; not ``slab_size``, which tells the data pipeline to feed slabs
+        self.levels = slab_size
         self.sequence = sequence
         self.divisor = 2 ** (slab_size // 2) if sequence == "pyramid" else 1
 
@@ -422,7 +423,7 @@ class ScaleContextNet(nn.Module):
         if any(s % self.divisor for s in spatial):
             padded = tuple(-(-s // self.divisor) * self.divisor for s in spatial)
             raise ValueError(
-                f"input sides must be multiples of {self.divisor} (scale pyramid of {self.slab_size} levels); "
+                f"input sides must be multiples of {self.divisor} (scale pyramid of {self.levels} levels); "
                 f"got {spatial}, pad to {padded}"
             )
         validate = getattr(self.backbone, "validate_input_size", None)
@@ -431,14 +432,14 @@ class ScaleContextNet(nn.Module):
 
     def scale_slab(self, feats: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W] -> [B, K, C, H, W]``: coarse-to-fine scale space, symmetric around the map itself."""
-        m = self.slab_size // 2
+        m = self.levels // 2
         if self.sequence == "repeat":
-            return feats.unsqueeze(1).expand(-1, self.slab_size, -1, -1, -1)
+            return feats.unsqueeze(1).expand(-1, self.levels, -1, -1, -1)
         levels = [feats]
         for d in range(1, m + 1):
             pooled = F.avg_pool2d(feats, 2**d)
             levels.append(F.interpolate(pooled, size=feats.shape[-2:], mode="bilinear", align_corners=False))
-        order = [levels[abs(m - k)] for k in range(self.slab_size)]  # distance from the centre = coarseness
+        order = [levels[abs(m - k)] for k in range(self.levels)]  # distance from the centre = coarseness
         return torch.stack(order, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
