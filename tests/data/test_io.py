@@ -92,3 +92,14 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz"]
     with gzip.open(tmp_path / "a.nii.gz") as fh:
         assert len(fh.read()) > 0
+
+
+def test_palette_mask_keeps_class_ids(tmp_path):
+    ids = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    im = Image.fromarray(ids, mode="P")
+    im.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 9))
+    im.save(tmp_path / "m.png")
+    label, _ = read_label(tmp_path / "m.png")
+    assert np.array_equal(label, ids)
+    image, meta = read_image(tmp_path / "m.png")  # as an image, the palette gives colours
+    assert meta.rgb and image.shape == (3, 2, 3) and image[0, 0, 1] == 255

@@ -189,12 +189,14 @@ def _read_dicom_series(path: Path) -> tuple[np.ndarray, ImageMeta]:
     return _from_itk_image(reader.Execute(), path, "dicom")
 
 
-def _read_natural_2d(path: Path) -> tuple[np.ndarray, ImageMeta]:
+def _read_natural_2d(path: Path, label: bool = False) -> tuple[np.ndarray, ImageMeta]:
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("RGBA", "P", "CMYK", "YCbCr", "LA"):
+        if label and im.mode == "P":
+            pass  # a palette mask stores class ids as palette indices: keep them
+        elif im.mode in ("RGBA", "P", "CMYK", "YCbCr", "LA"):
             im = im.convert("RGB" if im.mode != "LA" else "L")
         arr = np.asarray(im)
     if arr.ndim == 3:
@@ -207,11 +209,11 @@ def _read_natural_2d(path: Path) -> tuple[np.ndarray, ImageMeta]:
     return arr, meta
 
 
-def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
+def read_image(path: str | os.PathLike, *, label: bool = False) -> tuple[np.ndarray, ImageMeta]:
     """Read an image as ``[C, *spatial]`` plus its geometry.
 
     Supports NIfTI (.nii, .nii.gz), SimpleITK formats (.nrrd, .mha, .mhd), DICOM series folders, and 2D images
-    (.png, .jpg, .jpeg, .tif, .tiff, .bmp).
+    (.png, .jpg, .jpeg, .tif, .tiff, .bmp). ``label=True`` keeps palette indices of palette PNGs (class ids).
 
     Raises:
         ImageReadError: missing, corrupt, truncated or unsupported file (the message names it).
@@ -230,7 +232,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
         if suffix in ITK_SUFFIXES:
             return _read_itk(p)
         if suffix in NATURAL_2D_SUFFIXES:
-            return _read_natural_2d(p)
+            return _read_natural_2d(p, label=label)
     except ImageReadError:
         raise
     except Exception as exc:  # nibabel/SimpleITK/PIL raise many types for corrupt files
@@ -241,8 +243,8 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
 
 
 def read_label(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
-    """Read an integer label map ``[*spatial]``. RGB masks (2D) are reduced to their first channel."""
-    arr, meta = read_image(path)
+    """Read an integer label map ``[*spatial]``. Palette PNGs give their indices; RGB masks their first channel."""
+    arr, meta = read_image(path, label=True)
     if arr.shape[0] != 1 and not meta.rgb:
         raise ImageReadError(path, f"a label map must have one channel, found {arr.shape[0]}")
     arr = arr[0]
