@@ -320,10 +320,15 @@ class Trainer:
             return
         path = self.run_dir / "log.csv"
         fields = sorted({k for r in self.history for k in r}, key=lambda k: (k != "iteration", k))
-        with open(path, "w", newline="") as fh:  # rewritten whole: columns can grow
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            w.writerows(self.history)
+        if fields == getattr(self, "_log_fields", None) and path.exists():
+            with open(path, "a", newline="") as fh:  # same columns: append one row
+                csv.DictWriter(fh, fieldnames=fields).writerow(row)
+        else:  # new columns (e.g. the first validation) or a resumed run: rewrite the whole file
+            with open(path, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=fields)
+                w.writeheader()
+                w.writerows(self.history)
+            self._log_fields = fields
         if writer is not None:
             for k, v in row.items():
                 if k != "iteration" and isinstance(v, (int, float)):
