@@ -95,7 +95,8 @@ def test_predict_missing_run(tmp_path):
     _assert_clean_error(result, "model.json")
 
 
-@pytest.mark.parametrize("cmd", [[], ["train"], ["predict"], ["evaluate"], ["bench"], ["models"], ["demo"]])
+@pytest.mark.parametrize("cmd", [[], ["train"], ["predict"], ["evaluate"], ["bench"], ["models"], ["demo"],
+                                 ["convert-dataset"], ["convert-weights"], ["export"]])
 def test_help_is_available(cmd):
     result = runner.invoke(app, [*cmd, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output

@@ -7,6 +7,7 @@ from attnseg.cli.convert import convert_dataset
 from attnseg.cli.convert_weights import convert_weights_command
 from attnseg.cli.demo import demo_command
 from attnseg.cli.evaluate import evaluate
+from attnseg.cli.export import export_command
 from attnseg.cli.predict import predict_command
 from attnseg.cli.train import train_command
 
@@ -19,4 +20,5 @@ COMMANDS = {
     "models": models,
     "convert-dataset": convert_dataset,
     "convert-weights": convert_weights_command,
+    "export": export_command,
 }
