@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 # detour to other CUDA builds. The package itself accepts torch >= 2.8, < 2.15.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test lint install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: install
 
 test: install-test
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf attnseg-demo .pytest_cache

@@ -24,8 +24,8 @@ Implementations:
   max-pool runs PyTorch's channels-last CPU kernel (bitwise-identical values); with autograd it is plain NCHW
   ``F.max_pool2d`` (the layout copies would cost what the faster kernel saves), i.e. the straightforward path.
 - ``straightforward``: the same module with that max-pool replaced by plain ``F.max_pool2d`` on NCHW. Every other
-  op of ``MALUNet`` is already a one-to-one transcription of the spec (spec §1-2), so this is the straightforward
-  implementation of the spec; the script checks both give identical outputs.
+  op of ``MALUNet`` is already a one-to-one transcription of the architecture (docs/models/malunet.md §1-§2), so
+  this is the straightforward implementation of it; the script checks both give identical outputs.
 
 Usage: ``python benchmarks/bench_malunet.py [--threads 1] [--runs 20] [--out benchmarks/results/malunet.json]``
 """
@@ -127,8 +127,15 @@ def _rss_child(name: str, batch: int, mode: str, threads: int) -> None:
             rss_before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print(json.dumps({"rss_before_mib": round(rss_before / 2**20, 1), "rss_peak_mib": round(peak / 2**20, 1),
-                      "rss_peak_increase_mib": round((peak - rss_before) / 2**20, 1)}))
+    print(
+        json.dumps(
+            {
+                "rss_before_mib": round(rss_before / 2**20, 1),
+                "rss_peak_mib": round(peak / 2**20, 1),
+                "rss_peak_increase_mib": round((peak - rss_before) / 2**20, 1),
+            }
+        )
+    )
 
 
 def rss_peak(name: str, batch: int, mode: str, threads: int) -> dict[str, float]:

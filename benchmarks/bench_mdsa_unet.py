@@ -273,8 +273,10 @@ def main(argv: list[str] | None = None) -> None:
     summary = []
     for batch in batches:
         for mode in ("fwd", "fwdbwd"):
-            f, r = (next(x for x in model_runs if (x["batch"], x["mode"], x["impl"]) == (batch, mode, i))
-                    for i in ("fast", "reference"))
+            f, r = (
+                next(x for x in model_runs if (x["batch"], x["mode"], x["impl"]) == (batch, mode, i))
+                for i in ("fast", "reference")
+            )
             summary.append(
                 {
                     "batch": batch,
@@ -291,8 +293,16 @@ def main(argv: list[str] | None = None) -> None:
             if variant == "dense_naive" and size == 896:
                 continue  # 10 heads x 12,544^2 fp32 attention = 6.3 GB per matrix: skipped
             impl = "reference" if variant == "dense_naive" else "fast"
-            cfg = dict(kind="layer", impl=impl, variant=variant, mode="fwdbwd", batch=args.scaling_batch,
-                       size=size, threads=args.threads, reps=max(2, reps - 2) if size == 896 else reps)
+            cfg = dict(
+                kind="layer",
+                impl=impl,
+                variant=variant,
+                mode="fwdbwd",
+                batch=args.scaling_batch,
+                size=size,
+                threads=args.threads,
+                reps=max(2, reps - 2) if size == 896 else reps,
+            )
             scaling.append(_run(cfg))
     growth = {}
     for variant in ("dense_naive", "dense", "mdsa_nwin7", "mdsa_auto"):

@@ -92,13 +92,17 @@ def _memory_child(name: str, mode: str, threads: int) -> None:
     step()  # warm-up pass (its peak counts too: VmHWM is a high-water mark)
     step()
     peak = _status_mib("VmHWM")
-    print(json.dumps({
-        "param_mib": round(param_bytes / 2**20, 1),
-        "rss_before_build_mib": round(before, 1),
-        "rss_after_build_mib": round(built, 1),
-        "rss_peak_mib": round(peak, 1),
-        "rss_peak_over_built_mib": round(peak - built, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "param_mib": round(param_bytes / 2**20, 1),
+                "rss_before_build_mib": round(before, 1),
+                "rss_after_build_mib": round(built, 1),
+                "rss_peak_mib": round(peak, 1),
+                "rss_peak_over_built_mib": round(peak - built, 1),
+            }
+        )
+    )
 
 
 def memory(name: str, mode: str, threads: int) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """Benchmark of the SALSTM/LSTMSA head: official-order computation vs the step-0 shortcut (issue 7, Performance).
 
-Setting (spec §5): the released head at 224x224 with 64 channels, 3 slices, batch 1, CPU, fp32. The reference path
-(``step0_shortcut=False``) is the official order: a full 5x5 gate conv on ``[x; h=0]`` at step 0 and the forget
-gate multiplied by ``c=0``. Both paths share the weights; outputs and gradients are compared before timing.
+Setting (docs/models/salstm.md §5): the released head at 224x224 with 64 channels, 3 slices, batch 1, CPU, fp32.
+The reference path (``step0_shortcut=False``) is the official order: a full 5x5 gate conv on ``[x; h=0]`` at step 0
+and the forget gate multiplied by ``c=0``. Both paths share the weights; outputs and gradients are compared before
+timing.
 
 Measures, for each variant (salstm, lstmsa) and path: forward (no grad) and forward+backward latency (median and
 min of ``--repeats`` after a warm-up; inputs require grad, as features coming from a backbone do) and the peak
@@ -42,8 +43,14 @@ def _time(fn, repeats: int) -> dict[str, float]:
         fn()
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    return {"median_s": statistics.median(wall), "min_s": min(wall), "cpu_median_s": statistics.median(cpu),
-            "cpu_min_s": min(cpu), "all_wall_s": wall, "all_cpu_s": cpu}
+    return {
+        "median_s": statistics.median(wall),
+        "min_s": min(wall),
+        "cpu_median_s": statistics.median(cpu),
+        "cpu_min_s": min(cpu),
+        "all_wall_s": wall,
+        "all_cpu_s": cpu,
+    }
 
 
 def _peak_memory_bytes(fn) -> int:
@@ -53,9 +60,7 @@ def _peak_memory_bytes(fn) -> int:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     live, peak = 0, 0
-    events = sorted(
-        (e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)), key=lambda e: e.time_range.start
-    )
+    events = sorted((e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)), key=lambda e: e.time_range.start)
     for e in events:
         live += e.cpu_memory_usage
         peak = max(peak, live)
@@ -117,12 +122,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result = {
         "benchmark": "SALSTM/LSTMSA head, official-order (reference path) vs step-0 shortcut",
-        "setting": {"batch": 1, "slices": 3, "channels": args.channels, "size": [args.size, args.size],
-                    "dtype": "float32", "device": "cpu", "threads": args.threads, "repeats": args.repeats,
-                    "target": "ours >= 1.4x faster forward+backward at equal outputs"},
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "machine": platform.machine(), "cpu_count": os.cpu_count(),
-                        "load_average_at_start": list(os.getloadavg())},
+        "setting": {
+            "batch": 1,
+            "slices": 3,
+            "channels": args.channels,
+            "size": [args.size, args.size],
+            "dtype": "float32",
+            "device": "cpu",
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "target": "ours >= 1.4x faster forward+backward at equal outputs",
+        },
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "load_average_at_start": list(os.getloadavg()),
+        },
         "results": {v: bench_variant(v, args.size, args.channels, args.repeats) for v in args.variants},
     }
     result["environment"]["load_average_at_end"] = list(os.getloadavg())

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnseg.bench import measure_complexity, measure_speed, write_json_atomic
+from attnseg.bench import measure_complexity, measure_speed
 from attnseg.demo import demo_config, evaluate_on_test
+from attnseg.io import write_json
 from attnseg.models.registry import create_model
 from attnseg.training.trainer import train
 
@@ -37,36 +38,62 @@ def main() -> None:
             kwargs = {"attention": attention, "input_size": [SIZE, SIZE], "attention_positions": ["up1"]}
             cfg = dataclasses.replace(
                 demo_config(Path(tmp) / attention, iterations=args.iterations, device="cpu"),
-                model="ja_denseunet_small", model_kwargs=kwargs, input_size=[SIZE, SIZE], optimizer="adam",
-                lr=1e-3, scheduler="constant", warmup_iterations=0, num_workers=0)
+                model="ja_denseunet_small",
+                model_kwargs=kwargs,
+                input_size=[SIZE, SIZE],
+                optimizer="adam",
+                lr=1e-3,
+                scheduler="constant",
+                warmup_iterations=0,
+                num_workers=0,
+            )
             summary = train(cfg, progress=False)
             test = evaluate_on_test(Path(cfg.out), Path(tmp) / attention, overlays=False)
             model = create_model("ja_denseunet_small", 1, 9, **kwargs).eval()
             complexity = measure_complexity(model, (1, 1, SIZE, SIZE), use_thop=False)
             speed = measure_speed(model, (1, 1, SIZE, SIZE), runs=10, warmup=2)
-            rows.append({
-                "attention": attention,
-                "params": sum(p.numel() for p in model.parameters()),
-                "flops_g": complexity.flops / 1e9 if complexity.flops else None,
-                "latency_ms": speed.forward.median_ms,
-                "val_dice_mean": summary["best_val_dice"],
-                "test_dice": {k: v["dice"] for k, v in test["per_class"].items()},
-                "test_dice_fg_mean": test["foreground_mean"]["dice"],
-                # the mean over the organs the test scan contains (absent organs score 1 when not predicted)
-                "test_dice_present_mean": float(np.mean([v["dice"] for k, v in test["per_class"].items()
-                                                         if test["counts"]["per_class"][k]["gt_present"]])),
-            })
+            rows.append(
+                {
+                    "attention": attention,
+                    "params": sum(p.numel() for p in model.parameters()),
+                    "flops_g": complexity.flops / 1e9 if complexity.flops else None,
+                    "latency_ms": speed.forward.median_ms,
+                    "val_dice_mean": summary["best_val_dice"],
+                    "test_dice": {k: v["dice"] for k, v in test["per_class"].items()},
+                    "test_dice_fg_mean": test["foreground_mean"]["dice"],
+                    # the mean over the organs the test scan contains (absent organs score 1 when not predicted)
+                    "test_dice_present_mean": float(
+                        np.mean(
+                            [
+                                v["dice"]
+                                for k, v in test["per_class"].items()
+                                if test["counts"]["per_class"][k]["gt_present"]
+                            ]
+                        )
+                    ),
+                }
+            )
             print(json.dumps(rows[-1]))
-    record = {"iterations": args.iterations, "input_size": SIZE, "model": "ja_denseunet_small",
-              "attention_positions": ["up1"], "rows": rows}
-    write_json_atomic(args.out / "ja_ablation.json", record)
-    lines = ["| attention | params | GFLOPs | CPU ms (fwd, b1) | val Dice | test Dice (organs in scan) | liver "
-             "| spleen | stomach |", "|---|---|---|---|---|---|---|---|---|"]
+    record = {
+        "iterations": args.iterations,
+        "input_size": SIZE,
+        "model": "ja_denseunet_small",
+        "attention_positions": ["up1"],
+        "rows": rows,
+    }
+    write_json(args.out / "ja_ablation.json", record)
+    lines = [
+        "| attention | params | GFLOPs | CPU ms (fwd, b1) | val Dice | test Dice (organs in scan) | liver "
+        "| spleen | stomach |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         d = r["test_dice"]
-        lines.append(f"| {r['attention']} | {r['params']:,} | {r['flops_g']:.3f} | {r['latency_ms']:.1f} | "
-                     f"{r['val_dice_mean']:.3f} | {r['test_dice_present_mean']:.3f} | {d.get('liver', 0):.3f} | "
-                     f"{d.get('spleen', 0):.3f} | {d.get('stomach', 0):.3f} |")
+        lines.append(
+            f"| {r['attention']} | {r['params']:,} | {r['flops_g']:.3f} | {r['latency_ms']:.1f} | "
+            f"{r['val_dice_mean']:.3f} | {r['test_dice_present_mean']:.3f} | {d.get('liver', 0):.3f} | "
+            f"{d.get('spleen', 0):.3f} | {d.get('stomach', 0):.3f} |"
+        )
     (args.out / "ja_ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from attnseg.bench.complexity import mac_bearing
-from attnseg.bench.report import environment_info, run_benchmark, write_json_atomic
+from attnseg.bench.report import environment_info, run_benchmark
+from attnseg.io import write_json
 from attnseg.models.registry import list_models, model_info
 
 __all__ = ["main", "markdown_table"]
@@ -75,10 +76,10 @@ def markdown_table(doc: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "- **MACs**: fvcore `FlopCountAnalysis` (one fvcore \"flop\" is one multiply-accumulate). "
+        '- **MACs**: fvcore `FlopCountAnalysis` (one fvcore "flop" is one multiply-accumulate). '
         "**FLOPs**: `torch.utils.flop_counter.FlopCounterMode`, 2 per multiply-accumulate, counting functional "
         "attention (matmul, SDPA). **thop MACs**: `thop.profile`, which sees only `nn.Module` hooks and misses "
-        "functional matmul/attention; given only to compare with paper tables, which often print it as \"FLOPs\".",
+        'functional matmul/attention; given only to compare with paper tables, which often print it as "FLOPs".',
         "- Complexity is per sample (batch 1), one forward pass in eval mode; batch-norm and other element-wise "
         "work are not in FLOPs (fvcore counts batch-norm), so MACs and FLOPs/2 differ slightly.",
         f"- Latency: median (interquartile range) of {s['runs']} timed runs after {s['warmup']} warm-up run(s), batch "
@@ -89,8 +90,11 @@ def markdown_table(doc: dict[str, Any]) -> str:
         f"python {v['python']}.",
     ]
     if notes:
-        lines.append("- † fvcore has no handle for some multiply-accumulate ops, so its MACs are too low: "
-                     + "; ".join(notes) + ".")
+        lines.append(
+            "- † fvcore has no handle for some multiply-accumulate ops, so its MACs are too low: "
+            + "; ".join(notes)
+            + "."
+        )
     if doc["failures"]:
         lines.append("- Not measured: " + "; ".join(f"`{f['model']}` ({f['error']})" for f in doc["failures"]) + ".")
     return "\n".join(lines) + "\n"
@@ -135,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's setting)")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory (2 subprocesses per model)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
-    parser.add_argument("--render-only", action="store_true",
-                        help="rewrite zoo.md and the README's zoo table from an existing zoo.json")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite zoo.md and the README's zoo table from an existing zoo.json"
+    )
     args = parser.parse_args(argv)
     if args.render_only:
         _write_markdown(json.loads((args.out_dir / "zoo.json").read_text()), args.out_dir)
@@ -174,14 +179,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             doc["results"].append(record)
             cx = record["complexity"]
-            print(f"[zoo]   params {record['params']['total']:,}  FLOPs {_g(cx['flops'])} G  "
-                  f"fwd {_ms(record['latency']['forward'])} ms  (took {time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"[zoo]   params {record['params']['total']:,}  FLOPs {_g(cx['flops'])} G  "
+                f"fwd {_ms(record['latency']['forward'])} ms  (took {time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
         except Exception as exc:  # noqa: BLE001 - one broken model must not stop the table
             err = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
             doc["failures"].append({"model": name, "error": err})
             print(f"[zoo]   FAILED {err}", file=sys.stderr, flush=True)
         doc["models_included"] = [r["model"]["name"] for r in doc["results"]]
-        write_json_atomic(args.out_dir / "zoo.json", doc)
+        write_json(args.out_dir / "zoo.json", doc)
         _write_markdown(doc, args.out_dir)
     print(f"[zoo] {len(doc['results'])} measured, {len(doc['failures'])} failed -> {args.out_dir}")
     return 0 if not doc["failures"] else 1

@@ -86,8 +86,18 @@ CITATION = (
 
 def fetch_sdist(dest: Path) -> Path:
     """Download the TotalSegmentator sdist with pip into ``dest`` and return the tarball path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           f"TotalSegmentator=={TS_VERSION}", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"TotalSegmentator=={TS_VERSION}",
+        "-d",
+        str(dest),
+    ]
     print("+", " ".join(cmd))
     subprocess.run(cmd, check=True)
     found = sorted(dest.glob("[Tt]otal[Ss]egmentator-*.tar.gz"))
@@ -179,8 +189,9 @@ def sitk_to_ras(img: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     return arr, affine
 
 
-def reindex_exact(src: np.ndarray, src_affine: np.ndarray, dst_shape: tuple[int, ...],
-                  dst_affine: np.ndarray) -> np.ndarray:
+def reindex_exact(
+    src: np.ndarray, src_affine: np.ndarray, dst_shape: tuple[int, ...], dst_affine: np.ndarray
+) -> np.ndarray:
     """Move ``src`` onto the ``dst`` voxel grid when the grids coincide up to axis permutation/flip.
 
     Raises if the grids do not share voxel centres (that would need interpolation, which labels must not get).
@@ -280,8 +291,9 @@ def organ_stats(ct: np.ndarray, lab: np.ndarray) -> dict[str, dict[str, float]]:
 # ------------------------------------------------------------------------------------------------------------ cases
 
 
-def build_train(ref: Path, lut: np.ndarray,
-                vertebrae_ids: list[int]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def build_train(
+    ref: Path, lut: np.ndarray, vertebrae_ids: list[int]
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Trunk CT + label -> {case: (int16 CT, uint8 label, affine)}, cut along z into the train and val cases."""
     ct_img = nib.load(ref / "example_ct.nii.gz")
     seg_img = nib.load(ref / "example_seg_fast_force_split.nii.gz")
@@ -291,8 +303,10 @@ def build_train(ref: Path, lut: np.ndarray,
     seg = np.asarray(seg_img.dataobj)
     affine = ct_img.affine
     zooms = tuple(float(z) for z in ct_img.header.get_zooms())
-    print(f"\ntrunk CT example_ct.nii.gz: shape {ct.shape}, spacing {zooms}, "
-          f"orientation {ornt_code(affine)}, HU {ct.min()}..{ct.max()}")
+    print(
+        f"\ntrunk CT example_ct.nii.gz: shape {ct.shape}, spacing {zooms}, "
+        f"orientation {ornt_code(affine)}, HU {ct.min()}..{ct.max()}"
+    )
     check_bone(ct, seg, vertebrae_ids, "trunk CT")
     lab = remap(seg, lut)
     check_laterality(lab, affine, "trunk CT")
@@ -315,26 +329,33 @@ def check_bone(ct: np.ndarray, seg: np.ndarray, vertebrae_ids: list[int], what: 
         raise SystemExit(f"{what}: vertebrae mean HU {mean:.1f} < 150: label and image are misaligned")
 
 
-def build_test(ref: Path, lut: np.ndarray,
-               vertebrae_ids: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, sitk.Image]:
+def build_test(
+    ref: Path, lut: np.ndarray, vertebrae_ids: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, sitk.Image]:
     """DICOM series + label -> (int16 CT, uint8 label, affine) on the series grid, checked and body-cropped."""
     reader = sitk.ImageSeriesReader()
     files = reader.GetGDCMSeriesFileNames(str(ref / "example_ct_dicom"))
     reader.SetFileNames(files)
     dcm = reader.Execute()
-    print(f"\nDICOM series example_ct_dicom: {len(files)} files, size {dcm.GetSize()}, spacing {dcm.GetSpacing()}, "
-          f"origin(LPS) {dcm.GetOrigin()}, direction {dcm.GetDirection()}, "
-          f"orientation {sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(dcm.GetDirection())} (ITK/LPS "
-          f"'from' convention), pixel type {dcm.GetPixelIDTypeAsString()}")
+    print(
+        f"\nDICOM series example_ct_dicom: {len(files)} files, size {dcm.GetSize()}, spacing {dcm.GetSpacing()}, "
+        f"origin(LPS) {dcm.GetOrigin()}, direction {dcm.GetDirection()}, "
+        f"orientation {sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(dcm.GetDirection())} (ITK/LPS "
+        f"'from' convention), pixel type {dcm.GetPixelIDTypeAsString()}"
+    )
     ct, affine = sitk_to_ras(dcm)
     ct = to_int16(ct, "example_ct_dicom")
-    print(f"  as NIfTI: shape {ct.shape}, orientation {ornt_code(affine)} (nibabel 'to' convention), "
-          f"HU {ct.min()}..{ct.max()}\n  affine\n{np.round(affine, 4)}")
+    print(
+        f"  as NIfTI: shape {ct.shape}, orientation {ornt_code(affine)} (nibabel 'to' convention), "
+        f"HU {ct.min()}..{ct.max()}\n  affine\n{np.round(affine, 4)}"
+    )
 
     seg_img = nib.load(ref / "example_seg_dicom.nii.gz")
-    print(f"label example_seg_dicom.nii.gz: shape {seg_img.shape}, orientation {ornt_code(seg_img.affine)}, "
-          f"spacing {tuple(round(float(z), 4) for z in seg_img.header.get_zooms())}\n"
-          f"  affine\n{np.round(seg_img.affine, 4)}")
+    print(
+        f"label example_seg_dicom.nii.gz: shape {seg_img.shape}, orientation {ornt_code(seg_img.affine)}, "
+        f"spacing {tuple(round(float(z), 4) for z in seg_img.header.get_zooms())}\n"
+        f"  affine\n{np.round(seg_img.affine, 4)}"
+    )
     seg_raw = np.asarray(seg_img.dataobj)
     seg = reindex_exact(seg_raw, seg_img.affine, ct.shape, affine)
     print(f"  label voxel (i, j, k) -> image voxel map:\n{np.round(np.linalg.inv(affine) @ seg_img.affine, 4)}")
@@ -353,8 +374,10 @@ def build_test(ref: Path, lut: np.ndarray,
     for name in ("spleen", "aorta", "pancreas", "stomach"):
         print(f"  {name}: mean HU {stats[name]['mean_hu']:.1f}")
     if liver_frac < 0.9 or not 30 <= stats["liver"]["mean_hu"] <= 130:
-        raise SystemExit(f"liver mean HU {stats['liver']['mean_hu']:.1f}, {100 * liver_frac:.1f}% in 0..200 HU: "
-                         "label and image are misaligned")
+        raise SystemExit(
+            f"liver mean HU {stats['liver']['mean_hu']:.1f}, {100 * liver_frac:.1f}% in 0..200 HU: "
+            "label and image are misaligned"
+        )
     check_laterality(lab, affine, "DICOM scan")
     body = body_mask(ct)
     for value, name in SYNAPSE_LABELS.items():
@@ -362,22 +385,27 @@ def build_test(ref: Path, lut: np.ndarray,
         if m.any():
             inside = float(body[m].mean())
             cen = tuple(int(round(c)) for c in np.argwhere(m).mean(0))
-            print(f"  {name}: centroid voxel {cen} inside body: {bool(body[cen])}, "
-                  f"{100 * inside:.1f}% of voxels in body")
+            print(
+                f"  {name}: centroid voxel {cen} inside body: {bool(body[cen])}, {100 * inside:.1f}% of voxels in body"
+            )
             if inside < 0.98:
                 raise SystemExit(f"{name}: only {100 * inside:.1f}% of the label inside the body: misaligned")
 
     # In-plane crop to the body bounding box (all slices), geometry kept by shifting the origin.
     ii, jj = np.where(body.any(2))
-    box = (slice(max(int(ii.min()) - CROP_MARGIN, 0), min(int(ii.max()) + CROP_MARGIN + 1, ct.shape[0])),
-           slice(max(int(jj.min()) - CROP_MARGIN, 0), min(int(jj.max()) + CROP_MARGIN + 1, ct.shape[1])),
-           slice(None))
+    box = (
+        slice(max(int(ii.min()) - CROP_MARGIN, 0), min(int(ii.max()) + CROP_MARGIN + 1, ct.shape[0])),
+        slice(max(int(jj.min()) - CROP_MARGIN, 0), min(int(jj.max()) + CROP_MARGIN + 1, ct.shape[1])),
+        slice(None),
+    )
     ct_c, aff_c = crop(ct, affine, box)
     lab_c, _ = crop(lab, affine, box)
     if not np.array_equal(np.bincount(lab_c.ravel(), minlength=9)[1:], np.bincount(lab.ravel(), minlength=9)[1:]):
         raise SystemExit("body crop cut off labelled voxels")
-    print(f"  cropped to body box i {box[0].start}..{box[0].stop - 1}, j {box[1].start}..{box[1].stop - 1}: "
-          f"shape {ct_c.shape}")
+    print(
+        f"  cropped to body box i {box[0].start}..{box[0].stop - 1}, j {box[1].start}..{box[1].stop - 1}: "
+        f"shape {ct_c.shape}"
+    )
     return ct_c, lab_c, aff_c, dcm
 
 
@@ -396,7 +424,7 @@ def write_dicom_fixture(dcm: sitk.Image, out: Path) -> None:
     side = factor * FIXTURE_SIZE
     j0 = int(np.clip((jj.min() + jj.max()) // 2 - side // 2, 0, arr.shape[1] - side))
     i0 = int(np.clip((ii.min() + ii.max()) // 2 - side // 2, 0, arr.shape[2] - side))
-    win = arr[:, j0:j0 + side, i0:i0 + side].astype(np.float64)
+    win = arr[:, j0 : j0 + side, i0 : i0 + side].astype(np.float64)
     small = win.reshape(arr.shape[0], FIXTURE_SIZE, factor, FIXTURE_SIZE, factor).mean((2, 4))
     small = np.round(small).astype(np.int16)
 
@@ -424,20 +452,27 @@ def write_dicom_fixture(dcm: sitk.Image, out: Path) -> None:
         pos = vol.TransformIndexToPhysicalPoint((0, 0, k))
         tags = {
             "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
-            "0008|0012": "20240101", "0008|0013": "000000",
+            "0008|0012": "20240101",
+            "0008|0013": "000000",
             "0008|0016": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
             "0008|0018": generate_uid(entropy_srcs=[FIXTURE_UID_SEED, "sop", str(k)]),
-            "0008|0020": "20240101", "0008|0030": "000000",
+            "0008|0020": "20240101",
+            "0008|0030": "000000",
             "0008|0060": "CT",
             "0008|103e": "attnseg test fixture (TotalSegmentator 2.18.0 example_ct_dicom, downsampled)",
-            "0010|0010": "Anonymous", "0010|0020": "attnseg-fixture",
+            "0010|0010": "Anonymous",
+            "0010|0020": "attnseg-fixture",
             "0018|0050": f"{spacing[2]:.6f}",
-            "0020|000d": study_uid, "0020|000e": series_uid, "0020|0052": frame_uid,
-            "0020|0011": "1", "0020|0013": str(k + 1),
+            "0020|000d": study_uid,
+            "0020|000e": series_uid,
+            "0020|0052": frame_uid,
+            "0020|0011": "1",
+            "0020|0013": str(k + 1),
             "0020|0032": "\\".join(f"{v:.6f}" for v in pos),
             "0020|0037": orientation,
             "0020|1041": f"{pos[2]:.6f}",
-            "0028|1050": "40", "0028|1051": "400",
+            "0028|1050": "40",
+            "0028|1051": "400",
         }
         for key, value in tags.items():
             sl.SetMetaData(key, value)
@@ -447,14 +482,18 @@ def write_dicom_fixture(dcm: sitk.Image, out: Path) -> None:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(out)))
     back = reader.Execute()
-    ok = (np.array_equal(sitk.GetArrayFromImage(back), small)
-          and np.allclose(back.GetSpacing(), spacing, atol=1e-4)
-          and np.allclose(back.GetOrigin(), first, atol=1e-3)
-          and np.allclose(back.GetDirection(), direction, atol=1e-6))
+    ok = (
+        np.array_equal(sitk.GetArrayFromImage(back), small)
+        and np.allclose(back.GetSpacing(), spacing, atol=1e-4)
+        and np.allclose(back.GetOrigin(), first, atol=1e-3)
+        and np.allclose(back.GetDirection(), direction, atol=1e-6)
+    )
     size = sum(f.stat().st_size for f in out.iterdir())
-    print(f"\nDICOM fixture {out}: {small.shape[::-1]} (i, j, k), spacing {tuple(round(s, 4) for s in spacing)}, "
-          f"origin(LPS) {tuple(round(o, 3) for o in first)}, HU {small.min()}..{small.max()}, {size} bytes, "
-          f"read back consistent: {ok}")
+    print(
+        f"\nDICOM fixture {out}: {small.shape[::-1]} (i, j, k), spacing {tuple(round(s, 4) for s in spacing)}, "
+        f"origin(LPS) {tuple(round(o, 3) for o in first)}, HU {small.min()}..{small.max()}, {size} bytes, "
+        f"read back consistent: {ok}"
+    )
     if not ok:
         raise SystemExit("DICOM fixture does not read back with the geometry it was written with")
 
@@ -520,10 +559,13 @@ If you use these data, please cite:
 def readme_text(report: dict) -> str:
     rows = "\n".join(
         f"| {v} | {n} | {report['counts']['ct_trunk_upper'][n]} | {report['counts']['ct_trunk_lower'][n]} | "
-        f"{report['counts'][TEST_CASE][n]} |" for v, n in SYNAPSE_LABELS.items())
+        f"{report['counts'][TEST_CASE][n]} |"
+        for v, n in SYNAPSE_LABELS.items()
+    )
     cases = "\n".join(
         f"| `{c}` | {d['split']} | {d['shape']} | {d['spacing']} | {d['orientation']} | {d['size_kb']} KB |"
-        for c, d in report["cases"].items())
+        for c, d in report["cases"].items()
+    )
     return f"""# attnseg demo data: Dataset001_TotalSegDemo
 
 A few MB of real abdominal CT with the 8 Synapse organs, used by `attnseg demo` and the tests. It is in the
@@ -571,7 +613,7 @@ any evaluation).
 
 Value 0 is background (every other TotalSegmentator structure is mapped to 0). The TotalSegmentator `total` class
 ids were read from `totalsegmentator/map_to_binary.py` of the same sdist:
-{', '.join(f"{n} {i}" for n, i in report['source_ids'].items())}.
+{", ".join(f"{n} {i}" for n, i in report["source_ids"].items())}.
 
 ## Processing
 
@@ -580,9 +622,9 @@ ids were read from `totalsegmentator/map_to_binary.py` of the same sdist:
 - The DICOM series is read with SimpleITK's `ImageSeriesReader` and written in its own voxel order with the
   voxel-to-RAS affine (LPS direction cosines and origin converted to RAS). `example_seg_dicom.nii.gz` is stored
   with its j axis flipped relative to the series (LAS); it is re-indexed exactly onto the series grid through
-  the two affines (no interpolation) and checked: vertebrae mean {report['checks']['vertebrae_hu']:.0f} HU; liver
-  mean {report['checks']['liver_hu']:.1f} HU with {100 * report['checks']['liver_frac']:.1f}% of its voxels in
-  0..200 HU (vs {100 * report['checks']['liver_frac_naive']:.1f}% if the raw arrays were paired without
+  the two affines (no interpolation) and checked: vertebrae mean {report["checks"]["vertebrae_hu"]:.0f} HU; liver
+  mean {report["checks"]["liver_hu"]:.1f} HU with {100 * report["checks"]["liver_frac"]:.1f}% of its voxels in
+  0..200 HU (vs {100 * report["checks"]["liver_frac_naive"]:.1f}% if the raw arrays were paired without
   reorientation); liver on the patient's right of the spleen; every organ inside the body mask. The scan is then
   cropped in-plane to the body bounding box plus {CROP_MARGIN} voxels (origin shifted, no resampling).
 - The trunk CT label map shares the CT's grid; it gets the same vertebrae-on-bone and laterality checks.
@@ -646,20 +688,25 @@ def build(root: Path, out: Path, fixture_out: Path | None, docs_dir: Path) -> di
     for case, ct, lab, aff, img_dir, lab_dir in items:
         write_nifti(ct, aff, tmp_out / img_dir / f"{case}_0000.nii.gz")
         write_nifti(lab, aff, tmp_out / lab_dir / f"{case}.nii.gz")
-        size = ((tmp_out / img_dir / f"{case}_0000.nii.gz").stat().st_size
-                + (tmp_out / lab_dir / f"{case}.nii.gz").stat().st_size)
+        size = (tmp_out / img_dir / f"{case}_0000.nii.gz").stat().st_size + (
+            tmp_out / lab_dir / f"{case}.nii.gz"
+        ).stat().st_size
         split = "test" if case == TEST_CASE else ("train" if case in TRAIN_CASES else "val")
         stats = organ_stats(ct, lab)
         report["cases"][case] = {
-            "split": split, "shape": tuple(int(s) for s in ct.shape),
+            "split": split,
+            "shape": tuple(int(s) for s in ct.shape),
             "spacing": tuple(round(float(s), 4) for s in np.linalg.norm(aff[:3, :3], axis=0)),
-            "orientation": ornt_code(aff), "size_kb": round(size / 1024),
+            "orientation": ornt_code(aff),
+            "size_kb": round(size / 1024),
         }
         report["counts"][case] = {n: s["voxels"] for n, s in stats.items()}
         if case == TEST_CASE:
             report["checks"]["liver_hu"] = stats["liver"]["mean_hu"]
-        print(f"\n{case} ({split}): shape {ct.shape}, spacing {report['cases'][case]['spacing']}, orientation "
-              f"{ornt_code(aff)}, origin {tuple(round(float(o), 3) for o in aff[:3, 3])}, {size} bytes")
+        print(
+            f"\n{case} ({split}): shape {ct.shape}, spacing {report['cases'][case]['spacing']}, orientation "
+            f"{ornt_code(aff)}, origin {tuple(round(float(o), 3) for o in aff[:3, 3])}, {size} bytes"
+        )
         for name, s in stats.items():
             print(f"  {name:13s} {s['voxels']:7d} voxels  mean HU {s['mean_hu']:7.1f}")
 
@@ -699,13 +746,18 @@ def build(root: Path, out: Path, fixture_out: Path | None, docs_dir: Path) -> di
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sdist", help="TotalSegmentator 2.18.0 sdist tarball, a folder holding it, or the unpacked "
-                                        "sdist (default: pip download it)")
+    parser.add_argument(
+        "--sdist",
+        help="TotalSegmentator 2.18.0 sdist tarball, a folder holding it, or the unpacked "
+        "sdist (default: pip download it)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="dataset folder to (re)write")
-    parser.add_argument("--docs-dir", type=Path, default=None,
-                        help="where README.md and LICENSE go (default: the parent of --out)")
-    parser.add_argument("--fixture-out", type=Path, default=DEFAULT_FIXTURE_OUT,
-                        help="folder for the small DICOM series test fixture")
+    parser.add_argument(
+        "--docs-dir", type=Path, default=None, help="where README.md and LICENSE go (default: the parent of --out)"
+    )
+    parser.add_argument(
+        "--fixture-out", type=Path, default=DEFAULT_FIXTURE_OUT, help="folder for the small DICOM series test fixture"
+    )
     parser.add_argument("--no-fixture", action="store_true", help="do not write the DICOM fixture")
     args = parser.parse_args(argv)
     out = args.out.resolve()

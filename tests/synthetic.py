@@ -25,8 +25,9 @@ def _blob_volume(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple
     return np.rint(ct).astype(np.int16), label
 
 
-def make_ct_dataset(root: Path, num_train: int = 3, num_test: int = 1, shape=(48, 40, 12), seed: int = 0,
-                    spacing=(1.5, 1.5, 3.0)) -> Path:
+def make_ct_dataset(
+    root: Path, num_train: int = 3, num_test: int = 1, shape=(48, 40, 12), seed: int = 0, spacing=(1.5, 1.5, 3.0)
+) -> Path:
     """3D NIfTI dataset: channel CT, labels background/organ_a/organ_b."""
     rng = np.random.default_rng(seed)
     affine = np.diag([*spacing, 1.0])
@@ -37,8 +38,14 @@ def make_ct_dataset(root: Path, num_train: int = 3, num_test: int = 1, shape=(48
             ct, label = _blob_volume(rng, shape)
             nib.save(nib.Nifti1Image(ct, affine), root / f"images{sub}" / f"{prefix}{i:03d}_0000.nii.gz")
             nib.save(nib.Nifti1Image(label, affine), root / f"labels{sub}" / f"{prefix}{i:03d}.nii.gz")
-    write_dataset_json(root, channel_names={0: "CT"}, labels={"background": 0, "organ_a": 1, "organ_b": 2},
-                       file_ending=".nii.gz", num_training=num_train, num_test=num_test)
+    write_dataset_json(
+        root,
+        channel_names={0: "CT"},
+        labels={"background": 0, "organ_a": 1, "organ_b": 2},
+        file_ending=".nii.gz",
+        num_training=num_train,
+        num_test=num_test,
+    )
     return root
 
 
@@ -55,6 +62,11 @@ def make_rgb_dataset(root: Path, num_train: int = 6, size=(40, 48), seed: int = 
         img[mask] = rng.integers(170, 230, size=(int(mask.sum()), 3))
         Image.fromarray(img).save(root / "imagesTr" / f"img{i:03d}_0000.png")
         Image.fromarray(mask.astype(np.uint8)).save(root / "labelsTr" / f"img{i:03d}.png")
-    write_dataset_json(root, channel_names={0: "R", 1: "G", 2: "B"}, labels={"background": 0, "lesion": 1},
-                       file_ending=".png", num_training=num_train)
+    write_dataset_json(
+        root,
+        channel_names={0: "R", 1: "G", 2: "B"},
+        labels={"background": 0, "lesion": 1},
+        file_ending=".png",
+        num_training=num_train,
+    )
     return root

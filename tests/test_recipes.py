@@ -82,7 +82,7 @@ def test_recipe_values_are_commented(name):
 
 
 def test_recipe_protocol_numbers():
-    """Spot checks of values transcribed from the specs (a typo here changes the experiment)."""
+    """Spot checks of values transcribed from the protocols in docs/models/ (a typo here changes the experiment)."""
     malunet = load_recipe(RECIPES / "malunet/isic2018.yaml")
     assert (malunet.optimizer, malunet.lr, malunet.weight_decay, malunet.min_lr) == ("adamw", 1e-3, 1e-2, 1e-5)
     assert (malunet.epochs, malunet.batch_size, malunet.seed, malunet.input_size) == (300, 8, 42, [256, 256])
@@ -90,15 +90,34 @@ def test_recipe_protocol_numbers():
     msa = load_recipe(RECIPES / "msa2net/synapse.yaml")
     assert msa.lr == pytest.approx(0.05 * 20 / 24, rel=1e-5) and msa.batch_size == 20 and msa.epochs == 700
     assert (msa.optimizer, msa.momentum, msa.weight_decay, msa.scheduler, msa.loss, msa.seed) == (
-        "sgd", 0.9, 1e-4, "poly", "boundary_dou", 1234)
+        "sgd",
+        0.9,
+        1e-4,
+        "poly",
+        "boundary_dou",
+        1234,
+    )
     for model in ("salstm", "lstmsa"):
         c = load_recipe(RECIPES / f"{model}/acdc.yaml")
         assert (c.optimizer, c.lr, c.weight_decay, c.scheduler, c.batch_size, c.epochs, c.slab_size) == (
-            "adam", 1e-4, 1e-4, "poly", 8, 200, 3)
+            "adam",
+            1e-4,
+            1e-4,
+            "poly",
+            8,
+            200,
+            3,
+        )
         assert c.model_kwargs == {"backbone": "mtunet"}
     ja = load_recipe(RECIPES / "ja_denseunet/demo.yaml")
     assert (ja.optimizer, ja.lr, ja.batch_size, ja.input_size, ja.scheduler, ja.iterations) == (
-        "adam", 1e-3, 4, [256, 256], "constant", 30000)
+        "adam",
+        1e-3,
+        4,
+        [256, 256],
+        "constant",
+        30000,
+    )
     assert load_recipe(RECIPES / "mdsa_unet/acdc.yaml").fold == "70-10-20"
 
 

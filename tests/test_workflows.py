@@ -53,9 +53,31 @@ def test_isic_layout_trains_predicts_and_evaluates(tmp_path):
     data = tmp_path / "Dataset200_ISIC2018"
     _cli("convert-dataset", "isic2018", str(tmp_path / "src"), str(data))
     run = tmp_path / "run"
-    _cli("train", "--config", str(RECIPE), "--data", str(data), "--out", str(run), "--fold", "official",
-         "--iterations", "60", "--batch-size", "4", "--input-size", "64", "64", "--lr", "0.01", "--num-workers", "0",
-         "--val-every", "30", "-q")
+    _cli(
+        "train",
+        "--config",
+        str(RECIPE),
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--fold",
+        "official",
+        "--iterations",
+        "60",
+        "--batch-size",
+        "4",
+        "--input-size",
+        "64",
+        "64",
+        "--lr",
+        "0.01",
+        "--num-workers",
+        "0",
+        "--val-every",
+        "30",
+        "-q",
+    )
     losses = _losses(run)
     assert losses[-1] < 0.6 * losses[0], losses  # BCE + Dice falls clearly within 60 steps
     split = json.loads((data / "splits.json").read_text())["official"]
@@ -66,8 +88,19 @@ def test_isic_layout_trains_predicts_and_evaluates(tmp_path):
         (test_dir / f"{cid}_0000.png").symlink_to(data / "imagesTs" / f"{cid}_0000.png")
     _cli("predict", "--run", str(run), "--checkpoint", "best", "--input", str(test_dir), "--output", str(pred))
     out = tmp_path / "summary.json"
-    _cli("evaluate", "--pred", str(pred), "--gt", str(data / "labelsTs"), "--dataset", str(data), "--protocol", "isic",
-         "--out", str(out))
+    _cli(
+        "evaluate",
+        "--pred",
+        str(pred),
+        "--gt",
+        str(data / "labelsTs"),
+        "--dataset",
+        str(data),
+        "--protocol",
+        "isic",
+        "--out",
+        str(out),
+    )
     summary = json.loads(out.read_text())
     assert summary["protocol"] == "isic"
     assert summary["foreground_mean"]["dice"] > 0.6, summary["foreground_mean"]
@@ -75,9 +108,31 @@ def test_isic_layout_trains_predicts_and_evaluates(tmp_path):
 
 def test_malunet_trains_on_the_demo_ct(demo_dataset, tmp_path):
     run = tmp_path / "run"
-    _cli("train", "--model", "malunet", "--data", str(demo_dataset), "--out", str(run), "--iterations", "30",
-         "--batch-size", "4", "--input-size", "96", "96", "--lr", "0.01", "--optimizer", "adamw", "--num-workers", "0",
-         "--val-every", "30", "-q")
+    _cli(
+        "train",
+        "--model",
+        "malunet",
+        "--data",
+        str(demo_dataset),
+        "--out",
+        str(run),
+        "--iterations",
+        "30",
+        "--batch-size",
+        "4",
+        "--input-size",
+        "96",
+        "96",
+        "--lr",
+        "0.01",
+        "--optimizer",
+        "adamw",
+        "--num-workers",
+        "0",
+        "--val-every",
+        "30",
+        "-q",
+    )
     losses = _losses(run)
     assert losses[-1] < 0.8 * losses[0], losses
 
@@ -86,9 +141,33 @@ def test_salstm_trains_on_demo_ct_with_three_slice_inputs(demo_dataset, tmp_path
     """SALSTM on a U-Net backbone: the pipeline feeds [B, 1, 3, H, W] slabs and predicts volumes slab by slab."""
     run = tmp_path / "run"
     kwargs = json.dumps({"backbone": "unet", "backbone_kwargs": {"width": 4}, "hidden_channels": 8})
-    _cli("train", "--model", "salstm", "--model-kwargs", kwargs, "--data", str(demo_dataset), "--out", str(run),
-         "--iterations", "30", "--batch-size", "4", "--input-size", "64", "64", "--lr", "0.01", "--optimizer", "adamw",
-         "--num-workers", "0", "--val-every", "30", "-q")
+    _cli(
+        "train",
+        "--model",
+        "salstm",
+        "--model-kwargs",
+        kwargs,
+        "--data",
+        str(demo_dataset),
+        "--out",
+        str(run),
+        "--iterations",
+        "30",
+        "--batch-size",
+        "4",
+        "--input-size",
+        "64",
+        "64",
+        "--lr",
+        "0.01",
+        "--optimizer",
+        "adamw",
+        "--num-workers",
+        "0",
+        "--val-every",
+        "30",
+        "-q",
+    )
     assert json.loads((run / "model.json").read_text())["slab_size"] == 3
     losses = _losses(run)
     assert losses[-1] < 0.85 * losses[0], losses
@@ -115,19 +194,55 @@ def test_gray_png_dataset_predict_with_overlays_then_evaluate_the_same_folder(tm
         img[mask] = rng.normal(60, 20, int(mask.sum()))
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "imagesTr" / f"us{i:03d}_0000.png")
         Image.fromarray(mask.astype(np.uint8)).save(root / "labelsTr" / f"us{i:03d}.png")
-    write_dataset_json(root, channel_names={0: "US"}, labels={"background": 0, "nodule": 1}, file_ending=".png",
-                       num_training=8)
+    write_dataset_json(
+        root, channel_names={0: "US"}, labels={"background": 0, "nodule": 1}, file_ending=".png", num_training=8
+    )
     run, pred = tmp_path / "run", tmp_path / "pred"
-    _cli("train", "--model", "malunet", "--data", str(root), "--out", str(run), "--iterations", "40", "--batch-size",
-         "4", "--input-size", "64", "64", "--geometry", "resize", "--loss", "bce_dice", "--optimizer", "adamw", "--lr",
-         "0.01", "--num-workers", "0", "-q")
+    _cli(
+        "train",
+        "--model",
+        "malunet",
+        "--data",
+        str(root),
+        "--out",
+        str(run),
+        "--iterations",
+        "40",
+        "--batch-size",
+        "4",
+        "--input-size",
+        "64",
+        "64",
+        "--geometry",
+        "resize",
+        "--loss",
+        "bce_dice",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "0.01",
+        "--num-workers",
+        "0",
+        "-q",
+    )
     _cli("predict", "--run", str(run), "--input", str(root / "imagesTr"), "--output", str(pred), "--overlay")
     assert (pred / "overlays" / "us000.png").exists()
     mask = np.asarray(Image.open(pred / "us000.png"))
     assert mask.shape == (45, 60)  # back on the input grid after the papers' resize protocol
     out = tmp_path / "s.json"
-    _cli("evaluate", "--pred", str(pred), "--gt", str(root / "labelsTr"), "--dataset", str(root), "--protocol", "isic",
-         "--out", str(out))
+    _cli(
+        "evaluate",
+        "--pred",
+        str(pred),
+        "--gt",
+        str(root / "labelsTr"),
+        "--dataset",
+        str(root),
+        "--protocol",
+        "isic",
+        "--out",
+        str(out),
+    )
     assert json.loads(out.read_text())["foreground_mean"]["dice"] > 0.7
 
 
@@ -135,9 +250,35 @@ def test_salstm2d_reconstruction_trains_on_a_2d_dataset(rgb_dataset, tmp_path):
     """The 2D variant builds its slab inside the model: the pipeline feeds plain images [B, 3, H, W]."""
     run = tmp_path / "run"
     kwargs = json.dumps({"backbone": "unet", "backbone_kwargs": {"width": 4}, "hidden_channels": 8})
-    _cli("train", "--model", "salstm2d", "--model-kwargs", kwargs, "--data", str(rgb_dataset), "--out", str(run),
-         "--iterations", "30", "--batch-size", "4", "--input-size", "32", "32", "--geometry", "resize", "--loss",
-         "bce_dice", "--lr", "0.01", "--optimizer", "adamw", "--num-workers", "0", "-q")
+    _cli(
+        "train",
+        "--model",
+        "salstm2d",
+        "--model-kwargs",
+        kwargs,
+        "--data",
+        str(rgb_dataset),
+        "--out",
+        str(run),
+        "--iterations",
+        "30",
+        "--batch-size",
+        "4",
+        "--input-size",
+        "32",
+        "32",
+        "--geometry",
+        "resize",
+        "--loss",
+        "bce_dice",
+        "--lr",
+        "0.01",
+        "--optimizer",
+        "adamw",
+        "--num-workers",
+        "0",
+        "-q",
+    )
     assert json.loads((run / "model.json").read_text())["slab_size"] == 1
     losses = _losses(run)
     assert losses[-1] < 0.85 * losses[0], losses

@@ -9,15 +9,32 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["TrainConfig", "ConfigError", "load_recipe", "merge_config", "config_to_dict", "LOSSES"]
+from attnseg.errors import AttnsegError
+
+__all__ = ["TrainConfig", "ConfigError", "load_recipe", "merge_config", "config_to_dict", "resolve_device", "LOSSES"]
 
 
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the option or file."""
+class ConfigError(AttnsegError, ValueError):
+    """Invalid configuration; the message names the option or file.
+
+    Args:
+        problem: what is wrong, in library terms.
+        option: the :class:`TrainConfig` field it is about. The message names it as the field (``input_size: ...``,
+            the recipe key); the command line names it as its flag (``--input-size: ...``) through :meth:`render`.
+    """
+
+    def __init__(self, problem: str, *, option: str | None = None) -> None:
+        self.problem, self.option = problem, option
+        super().__init__(f"{option}: {problem}" if option else problem)
+
+    def render(self, name: Callable[[str], str]) -> str:
+        """The message with the option spelled by ``name`` (e.g. field -> command-line flag)."""
+        return f"{name(self.option)}: {self.problem}" if self.option else self.problem
 
 
 Optimizer = Literal["sgd", "adam", "adamw"]
@@ -48,6 +65,7 @@ class TrainConfig:
     """Everything a training run needs. Field comments give the CLI flag where one exists."""
 
     model: str = "unet"  # --model
+    trainer: str = "default"  # a Trainer subclass registered with register_trainer (nnU-Net's -tr)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data: str = ""  # --data: dataset folder (nnU-Net raw layout)
     out: str = ""  # --out: run directory
@@ -83,26 +101,25 @@ class TrainConfig:
     compile: bool = False
     deterministic: bool = False
     log_every: int = 10
-    selection_split: str = "val"  # checkpoints are selected on validation, never on test
     notes: str = ""
 
     def validate(self) -> None:
         if self.iterations is not None and self.epochs is not None:
-            raise ConfigError("give either --iterations or --epochs, not both")
+            raise ConfigError("give either iterations or epochs, not both", option="epochs")
         for name in ("iterations", "epochs", "iterations_per_epoch"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+                raise ConfigError(f"must be >= 1, got {value}", option=name)
         if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"must be >= 1, got {self.batch_size}", option="batch_size")
         if self.lr <= 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+            raise ConfigError(f"must be > 0, got {self.lr}", option="lr")
         if len(self.input_size) not in (2, 3) or min(self.input_size) < 1:
-            raise ConfigError(f"--input-size needs 2 (H W) or 3 (D H W) positive sizes, got {self.input_size}")
+            raise ConfigError(f"needs 2 (H W) or 3 (D H W) positive sizes, got {self.input_size}", option="input_size")
         if not 0 <= self.foreground_prob <= 1:
-            raise ConfigError(f"foreground_prob must be in [0, 1], got {self.foreground_prob}")
+            raise ConfigError(f"must be in [0, 1], got {self.foreground_prob}", option="foreground_prob")
         if self.slab_size is not None and (self.slab_size < 1 or self.slab_size % 2 == 0):
-            raise ConfigError(f"slab_size must be odd and >= 1, got {self.slab_size}")
+            raise ConfigError(f"must be odd and >= 1, got {self.slab_size}", option="slab_size")
         for choice, allowed in (
             ("optimizer", ("sgd", "adam", "adamw")),
             ("scheduler", ("poly", "cosine", "constant")),
@@ -111,7 +128,7 @@ class TrainConfig:
             ("amp", ("none", "bf16", "fp16")),
         ):
             if getattr(self, choice) not in allowed:
-                raise ConfigError(f"--{choice} must be one of {', '.join(allowed)}, got {getattr(self, choice)!r}")
+                raise ConfigError(f"must be one of {', '.join(allowed)}, got {getattr(self, choice)!r}", option=choice)
 
     def total_iterations(self, iterations_per_epoch: int) -> int:
         """Optimiser steps for the run (``epochs * iterations_per_epoch`` when epochs are given)."""
@@ -172,3 +189,20 @@ def load_recipe(path: str | Path, base: TrainConfig | None = None) -> TrainConfi
         raise ConfigError(f"{path}: a recipe must be a mapping of option: value")
     values.pop("_base", None)
     return merge_config(base or TrainConfig(), values, source=str(path))
+
+
+def resolve_device(name: str):
+    """``auto`` (CUDA when available, else CPU), or a torch device name checked against this machine."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"{name!r} is not a valid torch device (auto, cpu, cuda, cuda:N, mps)", option="device"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{name}: CUDA is not available on this machine", option="device")
+    return device

@@ -9,9 +9,10 @@ differ in orientation, spacing and field of view, so the demo uses the ``spacing
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
+
+from attnseg.runs import RunDir
 
 __all__ = ["demo_dataset_path", "demo_config", "evaluate_on_test", "run_demo"]
 
@@ -59,15 +60,23 @@ def demo_config(out: Path, iterations: int = DEMO_ITERATIONS, device: str = "aut
         num_workers=0,  # sampling costs ~5 ms per slice: on a 2-core CPU a worker process only competes with torch
         # the test scan is contrast-enhanced (liver ~90 HU), the training scan is not (~45 HU): shift intensities
         ct_clip_hu=(-160.0, 240.0),  # a soft-tissue window that keeps contrast-enhanced organs apart
-        augment=AugmentConfig(flip=0.0, rotate=0.3, scale=0.3, intensity=0.5, intensity_scale=0.3,
-                              intensity_shift=0.75, noise=0.15),
+        augment=AugmentConfig(
+            flip=0.0, rotate=0.3, scale=0.3, intensity=0.5, intensity_scale=0.3, intensity_shift=0.75, noise=0.15
+        ),
         log_every=10,
         notes="attnseg demo: bundled TotalSegmentator CT, 8 Synapse organs",
     )
 
 
-def evaluate_on_test(run_dir: Path, out: Path, *, checkpoint: str = "best", device: str = "cpu",
-                     overlays: bool = True, protocol: str = "strict") -> dict[str, Any]:
+def evaluate_on_test(
+    run_dir: Path,
+    out: Path,
+    *,
+    checkpoint: str = "best",
+    device: str = "cpu",
+    overlays: bool = True,
+    protocol: str = "strict",
+) -> dict[str, Any]:
     """Predict the dataset's test split with a trained run, save masks (and overlays), return the summary dict."""
     import numpy as np
 
@@ -78,7 +87,7 @@ def evaluate_on_test(run_dir: Path, out: Path, *, checkpoint: str = "best", devi
     from attnseg.inference.predictor import Predictor
 
     predictor = Predictor.from_run(run_dir, checkpoint=checkpoint, device=device)
-    info = load_dataset(json.loads((Path(run_dir) / "model.json").read_text())["dataset"])
+    info = load_dataset(RunDir(run_dir).read_model()["dataset"])
     test_ids = load_splits(info, write_if_missing=False)["test"]
     pairs = []
     for cid in test_ids:
@@ -93,29 +102,36 @@ def evaluate_on_test(run_dir: Path, out: Path, *, checkpoint: str = "best", devi
     return evaluate_arrays(pairs, labels=info.labels, protocol=protocol)
 
 
-def run_demo(out: Path, *, iterations: int = DEMO_ITERATIONS, device: str = "auto", progress: bool = True,
-             console: Any = None) -> dict[str, Any]:
+def run_demo(
+    out: Path, *, iterations: int = DEMO_ITERATIONS, device: str = "auto", progress: bool = True, console: Any = None
+) -> dict[str, Any]:
     """Train, predict the held-out scan, evaluate (strict protocol), write overlays and ``out/summary.json``."""
     from rich.console import Console
 
+    from attnseg.config import resolve_device
     from attnseg.data.layout import load_dataset, load_splits
     from attnseg.evaluation.evaluate import save_summary
-    from attnseg.training.trainer import resolve_device, train
+    from attnseg.training.trainer import train
 
     console = console or Console()
     out = Path(out)
     cfg = demo_config(out, iterations=iterations, device=device)
     info = load_dataset(cfg.data)
     test_ids = load_splits(info, write_if_missing=False)["test"]
-    console.print(f"[bold]attnseg demo[/]: training {cfg.model} ({cfg.model_kwargs}) for {cfg.iterations} iterations "
-                  f"on {info.name}; held-out test scan(s): {', '.join(test_ids)}")
-    resume = (Path(cfg.out) / "checkpoints" / "last_state.pt").exists()
+    console.print(
+        f"[bold]attnseg demo[/]: training {cfg.model} ({cfg.model_kwargs}) for {cfg.iterations} iterations "
+        f"on {info.name}; held-out test scan(s): {', '.join(test_ids)}"
+    )
+    resume = RunDir(cfg.out).has_checkpoint("last")
     if resume:
         console.print(f"continuing the existing run in {cfg.out}")
     train(cfg, resume=resume, progress=progress)
     summary = evaluate_on_test(Path(cfg.out), out, device=str(resolve_device(device)))
-    summary["demo"] = {"train_config": dataclasses.asdict(cfg), "test_cases": test_ids,
-                       "note": "organs absent from the test scan count as correct only if nothing is predicted"}
+    summary["demo"] = {
+        "train_config": dataclasses.asdict(cfg),
+        "test_cases": test_ids,
+        "note": "organs absent from the test scan count as correct only if nothing is predicted",
+    }
     save_summary(summary, out / "summary.json")
     console.print(_organ_table(summary))
     console.print(f"summary: {out / 'summary.json'}; overlays: {out / 'overlays'}")
@@ -133,8 +149,12 @@ def _organ_table(summary: dict[str, Any]) -> Any:
     for name, metrics in summary["per_class"].items():
         present = counts[name]["gt_present"] > 0
         hd95 = metrics.get("hd95")
-        table.add_row(name, "yes" if present else "no", f"{metrics['dice']:.3f}",
-                      "-" if hd95 is None or hd95 != hd95 else f"{hd95:.1f}")
+        table.add_row(
+            name,
+            "yes" if present else "no",
+            f"{metrics['dice']:.3f}",
+            "-" if hd95 is None or hd95 != hd95 else f"{hd95:.1f}",
+        )
     table.caption = "absent organs score Dice 1 only if nothing is predicted"
     return table
 

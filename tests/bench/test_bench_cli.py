@@ -54,15 +54,39 @@ def test_bench_errors_are_one_line_exit_2(app, runner, args, needle) -> None:
 
 def test_bench_runs_and_writes_json(app, runner, tmp_path) -> None:
     out = tmp_path / "unet.json"
-    args = ["bench", "--model", "unet", "--input-size", "32", "48", "--in-channels", "1", "--num-classes", "4",
-            "--kwargs", '{"width": 4}', "--runs", "1", "--warmup", "0", "--no-memory", "--json", str(out)]
+    args = [
+        "bench",
+        "--model",
+        "unet",
+        "--input-size",
+        "32",
+        "48",
+        "--in-channels",
+        "1",
+        "--num-classes",
+        "4",
+        "--kwargs",
+        '{"width": 4}',
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--no-memory",
+        "--json",
+        str(out),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "params (total)" in result.stdout and "FLOPs" in result.stdout
     record = json.loads(out.read_text())
     assert record["input_size"] == [32, 48]
-    assert record["model"] == {**record["model"], "name": "unet", "in_channels": 1, "num_classes": 4,
-                               "kwargs": {"width": 4}}
+    assert record["model"] == {
+        **record["model"],
+        "name": "unet",
+        "in_channels": 1,
+        "num_classes": 4,
+        "kwargs": {"width": 4},
+    }
     assert record["complexity"]["input_shape"] == [1, 1, 32, 48]
     assert record["params"]["total"] > 0
 

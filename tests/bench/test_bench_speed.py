@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from attnseg.bench.report import run_benchmark, write_json_atomic
+from attnseg.bench.report import run_benchmark
 from attnseg.bench.speed import measure_peak_memory, measure_speed, time_callable
+from attnseg.io import write_json
 
 _BIG = 64 * 1024 * 1024 // 4  # float32 elements in 64 MiB
 
@@ -82,8 +83,15 @@ def test_run_benchmark_record_and_atomic_write(tmp_path) -> None:
     from attnseg.models import create_model
 
     record = run_benchmark(
-        "unet", input_size=[32, 32], in_channels=1, num_classes=3, batch_size=2, runs=1, warmup=0,
-        model_kwargs={"width": 4}, memory=False,
+        "unet",
+        input_size=[32, 32],
+        in_channels=1,
+        num_classes=3,
+        batch_size=2,
+        runs=1,
+        warmup=0,
+        model_kwargs={"width": 4},
+        memory=False,
     )
     expected = count_parameters(create_model("unet", 1, 3, width=4))
     assert record["params"] == {"total": expected.total, "trainable": expected.trainable}
@@ -95,7 +103,7 @@ def test_run_benchmark_record_and_atomic_write(tmp_path) -> None:
     assert set(record["environment"]["versions"]) >= {"torch", "fvcore", "thop", "timm", "monai", "python"}
     assert record["environment"]["host"]["torch_threads"] == torch.get_num_threads()
 
-    out = write_json_atomic(tmp_path / "sub" / "bench.json", record)
+    out = write_json(tmp_path / "sub" / "bench.json", record)
     assert json.loads(out.read_text()) == json.loads(json.dumps(record))
     assert [p.name for p in out.parent.iterdir()] == ["bench.json"]  # no temporary left behind
     umask = os.umask(0)

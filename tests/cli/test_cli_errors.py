@@ -18,8 +18,26 @@ runner = CliRunner()
 
 
 def _train(data, out, *extra):
-    args = ["train", "--model", "unet", "--data", str(data), "--out", str(out), "--iterations", "1",
-            "--batch-size", "1", "--input-size", "32", "32", "--num-workers", "0", "-q", *extra]
+    args = [
+        "train",
+        "--model",
+        "unet",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--iterations",
+        "1",
+        "--batch-size",
+        "1",
+        "--input-size",
+        "32",
+        "32",
+        "--num-workers",
+        "0",
+        "-q",
+        *extra,
+    ]
     return runner.invoke(app, join_multi_value_options(args))
 
 
@@ -52,8 +70,7 @@ def test_label_value_not_in_labels(ct_dataset, tmp_path):
     data = np.asarray(img.dataobj).copy()
     data[0, 0, 0] = 7
     nib.save(nib.Nifti1Image(data, img.affine), path)
-    _assert_clean_error(_train(ds, tmp_path / "run", "--fold", "all"), "train001.nii.gz", "[7]",
-                        out=tmp_path / "run")
+    _assert_clean_error(_train(ds, tmp_path / "run", "--fold", "all"), "train001.nii.gz", "[7]", out=tmp_path / "run")
 
 
 def test_shape_and_spacing_mismatch(ct_dataset, tmp_path):
@@ -62,41 +79,53 @@ def test_shape_and_spacing_mismatch(ct_dataset, tmp_path):
     img = nib.load(path)
     data = np.asarray(img.dataobj).copy()
     nib.save(nib.Nifti1Image(data[:-1], img.affine), path)
-    _assert_clean_error(_train(ds, tmp_path / "run", "--fold", "all"), "train000.nii.gz", "shape",
-                        out=tmp_path / "run")
+    _assert_clean_error(_train(ds, tmp_path / "run", "--fold", "all"), "train000.nii.gz", "shape", out=tmp_path / "run")
     nib.save(nib.Nifti1Image(data, np.diag([2.0, 1.5, 3.0, 1.0])), path)
-    _assert_clean_error(_train(ds, tmp_path / "run", "--fold", "all"), "train000.nii.gz", "spacing",
-                        out=tmp_path / "run")
+    _assert_clean_error(
+        _train(ds, tmp_path / "run", "--fold", "all"), "train000.nii.gz", "spacing", out=tmp_path / "run"
+    )
 
 
 def test_corrupt_image(ct_dataset, tmp_path):
     ds = _copy(ct_dataset, tmp_path)
     path = ds / "imagesTr" / "train002_0000.nii.gz"
     path.write_bytes(path.read_bytes()[:200])
-    _assert_clean_error(_train(ds, tmp_path / "run", "--fold", "all"), "train002_0000.nii.gz",
-                        out=tmp_path / "run")
+    _assert_clean_error(_train(ds, tmp_path / "run", "--fold", "all"), "train002_0000.nii.gz", out=tmp_path / "run")
 
 
 def test_unknown_model_and_bad_sizes(ct_dataset, tmp_path):
     result = runner.invoke(app, ["train", "--model", "unte", "--data", str(ct_dataset), "--out", str(tmp_path / "r")])
     _assert_clean_error(result, "unknown model 'unte'", "Did you mean 'unet'", out=tmp_path / "r")
-    _assert_clean_error(_train(ct_dataset, tmp_path / "r", "--input-size", "30", "30"), "multiples of 16",
-                        out=tmp_path / "r")
-    _assert_clean_error(_train(ct_dataset, tmp_path / "r", "--input-size", "32", "32", "32"), "2D",
-                        out=tmp_path / "r")
+    _assert_clean_error(
+        _train(ct_dataset, tmp_path / "r", "--input-size", "30", "30"), "multiples of 16", out=tmp_path / "r"
+    )
+    _assert_clean_error(_train(ct_dataset, tmp_path / "r", "--input-size", "32", "32", "32"), "2D", out=tmp_path / "r")
     _assert_clean_error(_train(ct_dataset, tmp_path / "r", "--fold", "fold9"), "fold9", out=tmp_path / "r")
-    _assert_clean_error(_train(ct_dataset, tmp_path / "r", "--optimizer", "lion"), "--optimizer",
-                        out=tmp_path / "r")
+    _assert_clean_error(_train(ct_dataset, tmp_path / "r", "--optimizer", "lion"), "--optimizer", out=tmp_path / "r")
 
 
 def test_predict_missing_run(tmp_path):
-    result = runner.invoke(app, ["predict", "--run", str(tmp_path), "--input", str(tmp_path), "--output",
-                                 str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["predict", "--run", str(tmp_path), "--input", str(tmp_path), "--output", str(tmp_path / "o")]
+    )
     _assert_clean_error(result, "model.json")
 
 
-@pytest.mark.parametrize("cmd", [[], ["train"], ["predict"], ["evaluate"], ["bench"], ["models"], ["demo"],
-                                 ["convert-dataset"], ["convert-weights"], ["export"]])
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        [],
+        ["train"],
+        ["predict"],
+        ["evaluate"],
+        ["bench"],
+        ["models"],
+        ["demo"],
+        ["convert-dataset"],
+        ["convert-weights"],
+        ["export"],
+    ],
+)
 def test_help_is_available(cmd):
     result = runner.invoke(app, [*cmd, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
@@ -104,7 +133,56 @@ def test_help_is_available(cmd):
 
 def test_help_does_not_import_heavy_libraries():
     # --help must answer fast: building the CLI may not import torch, monai, timm or scipy.
-    code = ("import sys, attnseg.cli.main; heavy = [m for m in ('torch', 'monai', 'timm', 'scipy', 'nibabel') "
-            "if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, attnseg.cli.main; heavy = [m for m in ('torch', 'monai', 'timm', 'scipy', 'nibabel') "
+        "if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_an_option_the_model_does_not_take_is_a_user_error(ct_dataset, tmp_path):
+    result = _train(ct_dataset, tmp_path / "run", "--model-kwargs", '{"no_such_option": 1}')
+    _assert_clean_error(result, "--model-kwargs", "no_such_option", out=tmp_path / "run")
+
+
+def test_an_unexpected_exception_is_reported_as_a_bug(monkeypatch, tmp_path):
+    """Only attnseg's own errors are user errors; a KeyError or FileNotFoundError from a bug exits 1 with its place."""
+    import attnseg.evaluation.evaluate as evaluate_module
+
+    def broken(*args, **kwargs):
+        return {}["no_such_key"]
+
+    monkeypatch.setattr(evaluate_module, "evaluate_folders", broken)
+    result = runner.invoke(app, ["evaluate", "--pred", str(tmp_path), "--gt", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "internal error: KeyError" in result.output and "test_cli_errors.py:" in result.output
+    assert "Traceback" in result.output and "This is a bug in attnseg" in result.output
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_recipe_selects_a_registered_trainer(ct_dataset, tmp_path):
+    from attnseg.training.trainer import Trainer, register_trainer
+
+    calls = []
+
+    @register_trainer("counting_test")
+    class CountingTrainer(Trainer):
+        def on_checkpoint(self, name: str) -> None:
+            calls.append((self.iteration, name))
+            super().on_checkpoint(name)
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("trainer: counting_test\nval_every: 1\n")
+    result = _train(ct_dataset, tmp_path / "run", "--config", str(recipe), "--iterations", "2")
+    assert result.exit_code == 0, result.output
+    # step 1 validates (first Dice is the best so far) then saves last; step 2 saves best only if Dice improved
+    assert calls[:2] == [(1, "best"), (1, "last")] and calls[-1] == (2, "last") and len(calls) in (3, 4)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("trainer: no_such_trainer\n")
+    _assert_clean_error(
+        _train(ct_dataset, tmp_path / "run2", "--config", str(unknown)),
+        "no_such_trainer",
+        "counting_test",
+        out=tmp_path / "run2",
+    )

@@ -129,7 +129,10 @@ def test_isic2018_layout_values_and_splits(tmp_path):
     assert sorted(m["train"] + m["test"]) == sorted(train + val)
     s = splits["80-10-10"]
     assert sorted(s["train"] + s["val"] + s["test"]) == train and [len(s[k]) for k in ("train", "val", "test")] == [
-        5, 1, 0]
+        5,
+        1,
+        0,
+    ]
     assert splits["dlka"] == {"train": train[:4], "val": [], "test": train[4:]}  # int(4.2), int(0.6), rest
     for name in ("official", "malunet", "80-10-10", "dlka"):
         _assert_split_sane(splits, name)
@@ -230,10 +233,12 @@ def make_tn3k(root: Path, n_trainval=12, n_test=3, folds=True, seed=0) -> dict[s
             masks[f"{sub}_{i}"] = m
     (root / "label4trainval.csv").write_text("0,1\n")
     if folds:
-        (root / "tn3k-trainval-fold0.json").write_text(json.dumps({"train": [0, 1, 2, 3, 4, 5, 6, 7, 8],
-                                                                    "val": [9, 10, 11]}))
-        (root / "tn3k-trainval-fold1.json").write_text(json.dumps({"train": [3, 4, 5, 6, 7, 8, 9, 10, 11],
-                                                                    "val": [0, 1, 2]}))
+        (root / "tn3k-trainval-fold0.json").write_text(
+            json.dumps({"train": [0, 1, 2, 3, 4, 5, 6, 7, 8], "val": [9, 10, 11]})
+        )
+        (root / "tn3k-trainval-fold1.json").write_text(
+            json.dumps({"train": [3, 4, 5, 6, 7, 8, 9, 10, 11], "val": [0, 1, 2]})
+        )
     return masks
 
 
@@ -299,19 +304,25 @@ def test_ddti_split_and_mask_size_error(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------- ACDC
-def _acdc_patient(folder: Path, rng: np.random.Generator, ed: int, es: int, info: bool = True,
-                  shape=(10, 12, 3)) -> None:
+def _acdc_patient(
+    folder: Path, rng: np.random.Generator, ed: int, es: int, info: bool = True, shape=(10, 12, 3)
+) -> None:
     folder.mkdir(parents=True)
     affine = np.diag([1.5, 1.5, 10.0, 1.0])
     if info:
         (folder / "Info.cfg").write_text(f"ED: {ed}\nES: {es}\nGroup: NOR\nHeight: 170.0\nNbFrame: 30\nWeight: 70\n")
-    nib.save(nib.Nifti1Image(rng.integers(0, 500, (*shape, 4)).astype(np.int16), affine),
-             folder / f"{folder.name}_4d.nii.gz")
+    nib.save(
+        nib.Nifti1Image(rng.integers(0, 500, (*shape, 4)).astype(np.int16), affine), folder / f"{folder.name}_4d.nii.gz"
+    )
     for frame in (ed, es):
-        nib.save(nib.Nifti1Image(rng.integers(0, 500, shape).astype(np.int16), affine),
-                 folder / f"{folder.name}_frame{frame:02d}.nii.gz")
-        nib.save(nib.Nifti1Image(rng.integers(0, 4, shape).astype(np.uint8), affine),
-                 folder / f"{folder.name}_frame{frame:02d}_gt.nii.gz")
+        nib.save(
+            nib.Nifti1Image(rng.integers(0, 500, shape).astype(np.int16), affine),
+            folder / f"{folder.name}_frame{frame:02d}.nii.gz",
+        )
+        nib.save(
+            nib.Nifti1Image(rng.integers(0, 4, shape).astype(np.uint8), affine),
+            folder / f"{folder.name}_frame{frame:02d}_gt.nii.gz",
+        )
 
 
 def make_acdc(root: Path, numbers=(1, 2, 3, 4, 5, 8, 9, 10), testing=(101,)) -> None:
@@ -388,13 +399,23 @@ def test_synapse_raw_btcv_remap(tmp_path):
         label = rng.integers(0, 14, (8, 9, 4)).astype(np.uint8)  # all 13 BTCV structures
         nib.save(nib.Nifti1Image(label, affine), lbl_dir / f"label{n:04d}.nii.gz")
     (src / "RawData" / "Testing" / "img").mkdir(parents=True)
-    nib.save(nib.Nifti1Image(np.zeros((8, 9, 4), np.int16), affine), src / "RawData" / "Testing" / "img" /
-             "img0061.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.zeros((8, 9, 4), np.int16), affine), src / "RawData" / "Testing" / "img" / "img0061.nii.gz"
+    )
     report = convert_dataset("synapse", src, tmp_path / "out")
     out = report.root
     meta = json.loads((out / "dataset.json").read_text())
-    assert meta["labels"] == {"background": 0, "aorta": 1, "gallbladder": 2, "spleen": 3, "kidney_left": 4,
-                              "kidney_right": 5, "liver": 6, "pancreas": 7, "stomach": 8}
+    assert meta["labels"] == {
+        "background": 0,
+        "aorta": 1,
+        "gallbladder": 2,
+        "spleen": 3,
+        "kidney_left": 4,
+        "kidney_right": 5,
+        "liver": 6,
+        "pancreas": 7,
+        "stomach": 8,
+    }
     assert meta["channel_names"] == {"0": "CT"} and meta["conversion"]["layout"] == "btcv-raw"
     raw = np.asarray(nib.load(src / "RawData" / "Training" / "label" / "label0005.nii.gz").dataobj)
     got = nib.load(out / "labelsTr" / "case0005.nii.gz")
@@ -405,7 +426,8 @@ def test_synapse_raw_btcv_remap(tmp_path):
     np.testing.assert_array_equal(np.asarray(got.dataobj), expected)
     np.testing.assert_allclose(got.affine, affine)
     assert (out / "imagesTs" / "case0001_0000.nii.gz").read_bytes() == (
-        src / "RawData" / "Training" / "img" / "img0001.nii.gz").read_bytes()
+        src / "RawData" / "Training" / "img" / "img0001.nii.gz"
+    ).read_bytes()
     splits = _splits(out)
     assert splits["transunet"] == {"train": ["case0005", "case0006"], "val": [], "test": ["case0001", "case0002"]}
     assert splits["test"] == ["case0001", "case0002"]
@@ -520,9 +542,20 @@ def test_named_splits_drive_the_trainer(tmp_path):
         for name, split in splits.items():
             if not isinstance(split, dict):
                 continue
-            cfg = TrainConfig(model="unet", model_kwargs={"width": 4}, data=str(out), out=str(tmp_path / "run"),
-                              fold=name, iterations=1, batch_size=1, input_size=[32, 32], loss=loss,
-                              geometry="resize", device="cpu", num_workers=0)
+            cfg = TrainConfig(
+                model="unet",
+                model_kwargs={"width": 4},
+                data=str(out),
+                out=str(tmp_path / "run"),
+                fold=name,
+                iterations=1,
+                batch_size=1,
+                input_size=[32, 32],
+                loss=loss,
+                geometry="resize",
+                device="cpu",
+                num_workers=0,
+            )
             trainer = Trainer(cfg, progress=False)
             trainer.setup()
             assert trainer.train_ids == split["train"] and trainer.val_ids == split.get("val", [])
@@ -558,6 +591,9 @@ def test_isic_pre_split_folder_layout(tmp_path):
             _save(np.full((12, 14), 255, np.uint8), src / sub / "masks" / f"{cid}_mask.png")
     out = convert_dataset("isic2018", src, tmp_path / "out").root
     official = _splits(out)["official"]
-    assert official == {"train": [f"ISIC_train{i}" for i in range(4)], "val": ["ISIC_val0", "ISIC_val1"],
-                        "test": ["ISIC_test0"]}
+    assert official == {
+        "train": [f"ISIC_train{i}" for i in range(4)],
+        "val": ["ISIC_val0", "ISIC_val1"],
+        "test": ["ISIC_test0"],
+    }
     assert _png(out / "labelsTs" / "ISIC_test0.png").min() == 1

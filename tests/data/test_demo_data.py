@@ -21,13 +21,30 @@ DEMO = REPO / "src" / "attnseg" / "demo_data"
 DATASET = DEMO / "Dataset001_TotalSegDemo"
 DICOM_FIXTURE = REPO / "tests" / "fixtures" / "dicom_series"
 
-SYNAPSE = {"background": 0, "aorta": 1, "gallbladder": 2, "spleen": 3, "kidney_left": 4, "kidney_right": 5,
-           "liver": 6, "pancreas": 7, "stomach": 8}
+SYNAPSE = {
+    "background": 0,
+    "aorta": 1,
+    "gallbladder": 2,
+    "spleen": 3,
+    "kidney_left": 4,
+    "kidney_right": 5,
+    "liver": 6,
+    "pancreas": 7,
+    "stomach": 8,
+}
 TEST_ORGANS = ("liver", "spleen", "stomach", "pancreas", "aorta")
 # Voxel counts of the committed build (deterministic; README table). A changed build must update them on purpose.
 PINNED_COUNTS = {
-    "ct_trunk_upper": {"aorta": 1277, "gallbladder": 1319, "spleen": 9668, "kidney_left": 3947, "kidney_right": 4361,
-                       "liver": 39864, "pancreas": 695, "stomach": 4836},
+    "ct_trunk_upper": {
+        "aorta": 1277,
+        "gallbladder": 1319,
+        "spleen": 9668,
+        "kidney_left": 3947,
+        "kidney_right": 4361,
+        "liver": 39864,
+        "pancreas": 695,
+        "stomach": 4836,
+    },
     "ct_trunk_lower": {"aorta": 562, "kidney_left": 1143, "kidney_right": 2773, "liver": 1828},
     "ct_dicom_abdomen": {"aorta": 11723, "spleen": 130634, "liver": 366708, "pancreas": 1327, "stomach": 74102},
 }
@@ -46,8 +63,14 @@ def _load(case: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, st
     sub = "Ts" if case in _cases("imagesTs") else "Tr"
     img = nib.load(DATASET / f"images{sub}" / f"{case}_0000.nii.gz")
     lab = nib.load(DATASET / f"labels{sub}" / f"{case}.nii.gz")
-    return (np.asarray(img.dataobj), np.asarray(lab.dataobj), img.affine, lab.affine,
-            str(img.get_data_dtype()), str(lab.get_data_dtype()))
+    return (
+        np.asarray(img.dataobj),
+        np.asarray(lab.dataobj),
+        img.affine,
+        lab.affine,
+        str(img.get_data_dtype()),
+        str(lab.get_data_dtype()),
+    )
 
 
 ALL_CASES = ["ct_trunk_lower", "ct_trunk_upper", "ct_dicom_abdomen"]
@@ -187,7 +210,7 @@ def test_dicom_fixture_reads_back_and_matches_the_test_scan():
                 x, y, z = img.TransformIndexToPhysicalPoint((i, j, k))  # LPS
                 ci, cj, ck = np.round((inv @ np.array([-x, -y, z, 1.0]))[:3]).astype(int)
                 if 3 <= ci < ct.shape[0] - 3 and 3 <= cj < ct.shape[1] - 3:
-                    block = ct[ci - 3:ci + 4, cj - 3:cj + 4, ck].astype(np.float64)
+                    block = ct[ci - 3 : ci + 4, cj - 3 : cj + 4, ck].astype(np.float64)
                     assert int(np.round(block.mean())) == int(arr[k, j, i]), (i, j, k)
                     checked += 1
     assert checked > 500

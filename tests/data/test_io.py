@@ -55,8 +55,9 @@ def test_dicom_series_folder(tmp_path):
     write_image(arr[0] > arr.mean(), meta, tmp_path / "seg.nii.gz")
     written = nib.load(tmp_path / "seg.nii.gz")
     np.testing.assert_allclose(written.affine, meta.affine, atol=1e-4)
-    np.testing.assert_allclose(written.affine[:3, 3], [-ref.GetOrigin()[0], -ref.GetOrigin()[1], ref.GetOrigin()[2]],
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        written.affine[:3, 3], [-ref.GetOrigin()[0], -ref.GetOrigin()[1], ref.GetOrigin()[2]], atol=1e-3
+    )
 
 
 def test_png_rgb_and_label(tmp_path):
@@ -77,8 +78,12 @@ def test_corrupt_truncated_missing_and_unsupported_files(tmp_path):
     (tmp_path / "trunc.nii.gz").write_bytes(raw[: len(raw) // 2])
     (tmp_path / "junk.png").write_bytes(b"not a png")
     (tmp_path / "x.txt").write_text("hello")
-    for name, problem in (("trunc.nii.gz", "corrupt or truncated"), ("junk.png", "corrupt"),
-                          ("missing.nii.gz", "not found"), ("x.txt", "unsupported")):
+    for name, problem in (
+        ("trunc.nii.gz", "corrupt or truncated"),
+        ("junk.png", "corrupt"),
+        ("missing.nii.gz", "not found"),
+        ("x.txt", "unsupported"),
+    ):
         with pytest.raises(ImageReadError, match=problem) as info:
             read_image(tmp_path / name)
         assert name in str(info.value)

@@ -46,8 +46,9 @@ def _monai_hd95(pred: np.ndarray, gt: np.ndarray, spacing) -> float:
     p, g = (torch.from_numpy(a.astype(np.float32))[None, None] for a in (pred, gt))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(monai_metrics.compute_hausdorff_distance(p, g, include_background=True, percentile=95,
-                                                              spacing=spacing))
+        return float(
+            monai_metrics.compute_hausdorff_distance(p, g, include_background=True, percentile=95, spacing=spacing)
+        )
 
 
 def test_transunet_multiclass_volumes_match_medpy():
@@ -253,25 +254,35 @@ def test_bad_arguments(tmp_path):
 
 
 def test_cli_exit_codes(folders, tmp_path):
-    typer = pytest.importorskip("typer")
     from typer.testing import CliRunner
 
-    from attnseg.cli.evaluate import evaluate
+    from attnseg.cli.main import app
 
-    app = typer.Typer()
-    app.command()(evaluate)
     pred_dir, gt_dir, ds, _ = folders
     out = tmp_path / "s.json"
     ok = CliRunner().invoke(
-        app, ["--pred", str(pred_dir), "--gt", str(gt_dir), "--dataset", str(ds), "--out", str(out), "--workers", "1"]
+        app,
+        [
+            "evaluate",
+            "--pred",
+            str(pred_dir),
+            "--gt",
+            str(gt_dir),
+            "--dataset",
+            str(ds),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+        ],
     )
     assert ok.exit_code == 0, ok.output
     assert json.loads(out.read_text())["per_class"]["liver"]["dice"] > 0
     assert "liver" in ok.stdout
     (pred_dir / "c01.nii.gz").unlink()
-    bad = CliRunner().invoke(app, ["--pred", str(pred_dir), "--gt", str(gt_dir), "--dataset", str(ds)])
+    bad = CliRunner().invoke(app, ["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--dataset", str(ds)])
     assert bad.exit_code == 2
     assert "missing prediction for case(s) c01" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.output
-    proto = CliRunner().invoke(app, ["--pred", str(pred_dir), "--gt", str(gt_dir), "--protocol", "foo"])
+    proto = CliRunner().invoke(app, ["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--protocol", "foo"])
     assert proto.exit_code == 2 and "unknown protocol" in proto.stderr

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from attnseg.evaluation.metrics import (
+from attnseg.metrics import (
     average_symmetric_surface_distance,
     confusion_counts,
     get_protocol,

@@ -22,15 +22,29 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def ct_run(ct_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "ct"
-    cfg = TrainConfig(model="unet", model_kwargs={"width": 4}, data=str(ct_dataset), out=str(out), iterations=4,
-                      batch_size=2, input_size=[32, 32], num_workers=0, val_every=2, augment=AugmentConfig(0, 0, 0))
+    cfg = TrainConfig(
+        model="unet",
+        model_kwargs={"width": 4},
+        data=str(ct_dataset),
+        out=str(out),
+        iterations=4,
+        batch_size=2,
+        input_size=[32, 32],
+        num_workers=0,
+        val_every=2,
+        augment=AugmentConfig(0, 0, 0),
+    )
     train(cfg, progress=False)
     return out
 
 
 def _predict(run, inp, out, *extra):
-    return runner.invoke(app, join_multi_value_options(["predict", "--run", str(run), "--input", str(inp),
-                                                        "--output", str(out), "--device", "cpu", *extra]))
+    return runner.invoke(
+        app,
+        join_multi_value_options(
+            ["predict", "--run", str(run), "--input", str(inp), "--output", str(out), "--device", "cpu", *extra]
+        ),
+    )
 
 
 def test_nifti_with_oblique_affine_keeps_its_affine(ct_run, ct_dataset, tmp_path):
@@ -104,9 +118,20 @@ def test_folder_continues_past_bad_files(ct_run, ct_dataset, tmp_path):
 
 def test_png_model_round_trip(rgb_dataset, tmp_path):
     out = tmp_path / "run"
-    cfg = TrainConfig(model="unet", model_kwargs={"width": 4}, data=str(rgb_dataset), out=str(out), iterations=3,
-                      batch_size=2, input_size=[32, 32], geometry="resize", loss="bce_dice", num_workers=0,
-                      val_every=3, augment=AugmentConfig(0, 0, 0))
+    cfg = TrainConfig(
+        model="unet",
+        model_kwargs={"width": 4},
+        data=str(rgb_dataset),
+        out=str(out),
+        iterations=3,
+        batch_size=2,
+        input_size=[32, 32],
+        geometry="resize",
+        loss="bce_dice",
+        num_workers=0,
+        val_every=3,
+        augment=AugmentConfig(0, 0, 0),
+    )
     train(cfg, progress=False)
     img = rgb_dataset / "imagesTr" / "img000_0000.png"
     assert _predict(out, img, tmp_path / "pred", "--tta").exit_code == 0

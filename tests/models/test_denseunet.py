@@ -1,8 +1,8 @@
-"""DenseUNet / Joint Attention DenseUNet: architecture against the spec's table, counts, interface and conformance.
+"""DenseUNet / Joint Attention DenseUNet: architecture against the documented table, counts, interface, conformance.
 
-There is no official code for the paper, hence no official fixtures. The backbone is checked against the spec's
-layer table (shapes at 256x256 on the meta device, no compute) and against a parameter count derived by hand from
-that table; the attention modules' own tests are in ``test_joint_attention.py``.
+There is no official code for the paper, hence no official fixtures. The backbone is checked against the layer
+table of docs/models/joint_attention.md §2 (shapes at 256x256 on the meta device, no compute) and against a
+parameter count derived by hand from that table; the attention modules' own tests are in ``test_joint_attention.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ SMALL_PARAMS = {"joint": 63_042, "point": 61_986, "self": 62_066, "none": 59_906
 
 
 def hand_count(in_ch: int, n_cls: int, k: int, layers: tuple[int, ...], stem: int, bn: int, head: int) -> int:
-    """Parameters of the spec's Sec. 2 table: bias-free CBR convs (+2 BN params per channel), biased BN-free stem."""
+    """Parameters of the table in docs/models/joint_attention.md §2.
+
+    Bias-free CBR convs (+2 BN params per channel), biased BN-free stem.
+    """
     total = (9 * in_ch + 1) * stem + 2 * (9 * stem * stem + stem)
     c, skips = stem, [stem]
     for i, n in enumerate(layers):
@@ -57,8 +60,9 @@ def test_registered() -> None:
     assert model_info("denseunet").official_repo == "moliqingcha/DACN"
 
 
-def test_default_shapes_match_spec_table() -> None:
-    # spec Sec. 2 for a 256x256x3 input: conv1 128²x96, block1 64²x384, block2 32²x768, block3 16²x2112, bottleneck 8²
+def test_default_shapes_match_documented_table() -> None:
+    # docs/models/joint_attention.md §2 for a 256x256x3 input: conv1 128²x96, block1 64²x384, block2 32²x768,
+    # block3 16²x2112, bottleneck 8²
     model = meta_model("ja_denseunet")
     x = torch.empty(1, 3, 256, 256, device="meta")
     shapes = [tuple(f.shape[1:]) for f in model.forward_encoder(x)]
@@ -76,13 +80,14 @@ def test_default_param_counts(attention: str) -> None:
     assert sum(p.numel() for p in model.parameters()) == DEFAULT_PARAMS[attention]
 
 
-def test_backbone_count_matches_hand_count_and_spec() -> None:
+def test_backbone_count_matches_hand_count_and_docs() -> None:
     model = meta_model("denseunet")
     n = sum(p.numel() for p in model.parameters())
     assert n == DEFAULT_PARAMS["none"] == hand_count(3, 2, 48, (6, 12, 36, 24), 96, 4, 64)
     decoder = ("decoder", "head", "classifier")
     encoder = sum(p.numel() for name, p in model.named_parameters() if not name.startswith(decoder))
-    assert round(n / 1e6, 1) == 48.8 and round(encoder / 1e6, 1) == 31.1  # spec: 48.8 M, encoder 31.1 M
+    # docs/models/joint_attention.md §8: 48.8 M, encoder 31.1 M
+    assert round(n / 1e6, 1) == 48.8 and round(encoder / 1e6, 1) == 31.1
     s = create_model("denseunet_small", 1, 4)
     assert sum(p.numel() for p in s.parameters()) == hand_count(1, 4, 8, (2, 2, 2, 2), 16, 4, 16)
 
@@ -109,10 +114,13 @@ def test_small_variants_build_and_count(attention: str) -> None:
 
 
 def test_map_sizes_follow_position_and_input_size() -> None:
-    # spec 4.2: 8x8 -> 15x15 = 225 maps, 16x16 -> 961, 32x32 -> 3969 channels (for 256x256 inputs)
+    # docs/models/joint_attention.md §4.2: 8x8 -> 15x15 = 225 maps, 16x16 -> 961, 32x32 -> 3969 channels
+    # (for 256x256 inputs)
     model = meta_model("ja_denseunet", attention="point", attention_positions=("bottleneck", "up1", "up2"))
     assert {p: m.mask_size for p, m in model.attention.items()} == {
-        "bottleneck": (15, 15), "up1": (31, 31), "up2": (63, 63)
+        "bottleneck": (15, 15),
+        "up1": (31, 31),
+        "up2": (63, 63),
     }
     assert model.attention["up1"].collect.attention[3].out_channels == 961
     assert model.attention["up2"].values[0].in_channels == 384  # the 32x32 stage has 384 channels
@@ -121,7 +129,8 @@ def test_map_sizes_follow_position_and_input_size() -> None:
 
 def test_attention_inner_width_is_capped() -> None:
     model = meta_model("ja_denseunet", attention="self", attention_positions=("bottleneck", "up3"))
-    assert model.attention["bottleneck"].theta.out_channels == 256  # A4: d = 256 at the 2112-channel bottleneck
+    # docs/models/joint_attention.md, A4: d = 256 at the 2112-channel bottleneck
+    assert model.attention["bottleneck"].theta.out_channels == 256
     assert model.attention["up3"].theta.out_channels == 48  # C/2 below the cap (96 channels)
 
 

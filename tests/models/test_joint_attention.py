@@ -165,13 +165,16 @@ def test_content_only_is_the_nonlocal_block() -> None:
 @pytest.mark.parametrize("direction", ["collect", "distribute"])
 def test_positional_only_is_psanet_one_direction(direction: str) -> None:
     h, w = 3, 4
-    m = randomise(UnifiedSpatialAttention(C, D, content=False, collect=direction == "collect",
-                                          distribute=direction == "distribute", mask_size=(5, 7)))
+    m = randomise(
+        UnifiedSpatialAttention(
+            C, D, content=False, collect=direction == "collect", distribute=direction == "distribute", mask_size=(5, 7)
+        )
+    )
     head = m.collect if direction == "collect" else m.distribute
     x = sample(h, w)
-    expected = torch.stack([
-        direct_output(m, xb, [normalise(point_logits(head, xb.flatten(1).T, h, w, direction))]) for xb in x
-    ])
+    expected = torch.stack(
+        [direct_output(m, xb, [normalise(point_logits(head, xb.flatten(1).T, h, w, direction))]) for xb in x]
+    )
     torch.testing.assert_close(m(x), expected)
 
 
@@ -183,8 +186,10 @@ def test_bidirectional_point_is_psanet_two_maps() -> None:
     out = []
     for xb in x:
         v = xb.flatten(1).T
-        maps = [normalise(point_logits(m.collect, v, h, w, "collect")),
-                normalise(point_logits(m.distribute, v, h, w, "distribute"))]
+        maps = [
+            normalise(point_logits(m.collect, v, h, w, "collect")),
+            normalise(point_logits(m.distribute, v, h, w, "distribute")),
+        ]
         out.append(direct_output(m, xb, maps))
     torch.testing.assert_close(m(x), torch.stack(out))
 
@@ -208,8 +213,11 @@ def test_joint_with_distribute_adds_the_third_term() -> None:
     out = []
     for xb in x:
         v = xb.flatten(1).T
-        s = add(content_logits(m, v, 1 / math.sqrt(D)), point_logits(m.collect, v, h, w, "collect"),
-                point_logits(m.distribute, v, h, w, "distribute"))
+        s = add(
+            content_logits(m, v, 1 / math.sqrt(D)),
+            point_logits(m.collect, v, h, w, "collect"),
+            point_logits(m.distribute, v, h, w, "distribute"),
+        )
         out.append(direct_output(m, xb, [normalise(s)]))
     torch.testing.assert_close(m(x), torch.stack(out))
 
@@ -223,11 +231,14 @@ def test_joint_alternatives_parallel_mix_gate() -> None:
     lam = torch.sigmoid(mix.mix_logit)
     for b, xb in enumerate(x):
         v = xb.flatten(1).T
-        maps = [normalise(content_logits(par, v, 1 / math.sqrt(D))), normalise(point_logits(par.collect, v, h, w,
-                                                                                             "collect"))]
+        maps = [
+            normalise(content_logits(par, v, 1 / math.sqrt(D))),
+            normalise(point_logits(par.collect, v, h, w, "collect")),
+        ]
         torch.testing.assert_close(par(x)[b], direct_output(par, xb, maps))
         a = lam * normalise(content_logits(mix, v, 1 / math.sqrt(D))) + (1 - lam) * normalise(
-            point_logits(mix.collect, v, h, w, "collect"))
+            point_logits(mix.collect, v, h, w, "collect")
+        )
         torch.testing.assert_close(mix(x)[b], direct_output(mix, xb, [a]))
         a = normalise(content_logits(gate, v, 1 / math.sqrt(D)))
         torch.testing.assert_close(gate(x)[b], direct_output(gate, xb, [a], gated=True))

@@ -121,7 +121,7 @@ def test_loader_accepts_tied_checkpoint() -> None:
 def test_param_count_exact() -> None:
     model = create_model("malunet", in_channels=3, num_classes=1)
     assert _n_params(model) == 177_943
-    # Component counts from the spec's measured breakdown (§2.7).
+    # Component counts from the measured breakdown (docs/models/malunet.md §2.7).
     assert [_n_params(InvertedExternalAttention(c)) for c in (24, 32, 48)] == [5_832, 10_336, 23_184]
     assert _n_params(DilatedGatedAttention(24, 32)) == 4_936
     assert _n_params(DilatedGatedAttention(64, 48)) == 22_816
@@ -211,7 +211,8 @@ def test_same_seed_same_init_and_memory_init() -> None:
     b = create_model("malunet").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     iea = InvertedExternalAttention(48)
-    # Untied official init: M_v starts as a copy of M_k^T, std sqrt(2 / C) (spec B1), in separate storage.
+    # Untied official init: M_v starts as a copy of M_k^T, std sqrt(2 / C) (docs/models/malunet.md, B1), in separate
+    # storage.
     assert torch.equal(iea.memory_value.weight, iea.memory_key.weight.permute(1, 0, 2))
     assert iea.memory_value.weight.data_ptr() != iea.memory_key.weight.data_ptr()
     assert abs(iea.memory_key.weight.std().item() - (2 / 48) ** 0.5) < 0.02
@@ -259,8 +260,10 @@ def test_split_att_conv_is_the_linear_as_a_1x1_conv() -> None:
     torch.manual_seed(0)
     fc = ChannelAttentionBridge([4, 8, 12, 16, 20], "fc")
     conv = ChannelAttentionBridge([4, 8, 12, 16, 20], "conv")
-    sd = {k: (v.unsqueeze(-1) if k.startswith("stage_fc") and k.endswith("weight") else v)
-          for k, v in fc.state_dict().items()}
+    sd = {
+        k: (v.unsqueeze(-1) if k.startswith("stage_fc") and k.endswith("weight") else v)
+        for k, v in fc.state_dict().items()
+    }
     conv.load_state_dict(sd)
     xs = [torch.randn(2, c, s, s) for c, s in zip([4, 8, 12, 16, 20], [32, 16, 8, 4, 2])]
     for a, b in zip(fc(xs), conv(xs)):
@@ -316,8 +319,23 @@ def test_bench_reports_exact_and_thop_compatible_counts(tmp_path):
     from attnseg.cli.main import app
 
     out = tmp_path / "malunet.json"
-    args = ["bench", "--model", "malunet", "--input-size", "256", "256", "--num-classes", "1", "--runs", "1",
-            "--warmup", "0", "--no-memory", "--json", str(out)]
+    args = [
+        "bench",
+        "--model",
+        "malunet",
+        "--input-size",
+        "256",
+        "256",
+        "--num-classes",
+        "1",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--no-memory",
+        "--json",
+        str(out),
+    ]
     result = CliRunner().invoke(app, join_multi_value_options(args))
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text())

@@ -211,6 +211,22 @@ def test_every_parameter_gets_a_gradient() -> None:
         # (a per-head constant in MaxViT's rel-pos MLP output bias is softmax-invariant, so only presence is checked)
         missing = [n for n, p in model.named_parameters() if p.grad is None]
         assert not missing, f"{decoder}: no gradient for {missing[:5]}"
+        assert model.unused_parameters() == {}
+
+
+@pytest.mark.parametrize("decoder", ["paper", "shipped"])
+def test_kept_dead_modules_are_declared_unused(decoder: str) -> None:
+    # keep_dead_modules=True builds what the official forward never runs: unused_parameters() must name exactly the
+    # parameters that get no gradient (DDP reads it to enable find_unused_parameters)
+    torch.manual_seed(0)
+    model = MSA2Net(in_channels=1, num_classes=4, decoder=decoder, keep_dead_modules=True, **SMALL).train()
+    model(torch.randn(2, 1, 64, 64)).square().mean().backward()
+    declared = model.unused_parameters()
+    expected = {"gray_to_rgb", "stage32.decoder_proj", "stage32.gate", "stage32.fuse_norm", "stage32.blocks"}
+    assert set(declared) == expected | ({"stage16.gate"} if decoder == "shipped" else set())
+    no_grad = {n for n, p in model.named_parameters() if p.grad is None}
+    under = {n for n, _ in model.named_parameters() if any(n.startswith(p + ".") for p in declared)}
+    assert no_grad == under and all(reason for reason in declared.values())
 
 
 def test_gray_input_repeated_batch_independent_feature_interface(small_model: MSA2Net) -> None:
@@ -230,8 +246,9 @@ def test_gray_input_repeated_batch_independent_feature_interface(small_model: MS
 @pytest.mark.parametrize("legacy", [False, True])
 def test_non_square_size(legacy: bool) -> None:
     torch.manual_seed(0)
-    model = MSA2Net(in_channels=3, num_classes=2, legacy_layout=legacy, encoder_name=SMALL["encoder_name"],
-                    img_size=(64, 96)).eval()
+    model = MSA2Net(
+        in_channels=3, num_classes=2, legacy_layout=legacy, encoder_name=SMALL["encoder_name"], img_size=(64, 96)
+    ).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 96))
     assert out.shape == (1, 2, 64, 96) and torch.isfinite(out).all()
@@ -246,7 +263,7 @@ def test_legacy_layout_changes_the_function(small_model: MSA2Net) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# layout round trip (spec §2.2): gate -> 0, norm/blocks/projection -> identity
+# layout round trip (docs/models/msa2net.md §2.2): gate -> 0, norm/blocks/projection -> identity
 # ---------------------------------------------------------------------------------------------------------------------
 
 

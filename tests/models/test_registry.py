@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import attnseg
-from attnseg.models.registry import check_input_size, has_feature_interface, model_info, register_model
+from attnseg.models.registry import check_input_size, ddp_safe, has_feature_interface, model_info, register_model
 
 
 def test_public_api_lists_and_builds():
@@ -50,3 +50,17 @@ def test_input_size_validation_is_clear():
         check_input_size(model, (30, 40))
     with pytest.raises(ValueError, match="multiples of 16"):
         model(torch.zeros(1, 1, 30, 40))
+
+
+def test_capability_flags_test_configuration_and_ddp_safe():
+    info = model_info("unet")
+    assert info.onnx_export and info.torch_compile and info.test_kwargs == {"width": 8}
+    assert info.test_input_size == (32, 32) and info.default_input_size == (224, 224)
+    assert model_info("denseunet_small").test_input_size == model_info("denseunet_small").default_input_size
+    with pytest.raises(ValueError, match="not 3D"):
+        register_model("_wrong_test_size", spatial_dims=3, test_input_size=(8, 8))(lambda i, n: None)
+    assert "_wrong_test_size" not in attnseg.list_models()
+    assert ddp_safe(attnseg.create_model("unet", 1, 2, width=4))
+    small = {"img_size": 64, "stem_channels": 8, "embed_dim": 16}
+    assert not ddp_safe(attnseg.create_model("mtunet", 1, 2, **small))  # keeps the official never-called Linears
+    assert ddp_safe(attnseg.create_model("mtunet", 1, 2, unused_params=False, **small))

@@ -83,15 +83,19 @@ def test_official_loader_rejects_bad_kwargs() -> None:
 # ---------------------------------------------------------------- independent oracle (official order, plain loops)
 
 
-def _oracle_direction(seq: list[torch.Tensor], w: torch.Tensor, b: torch.Tensor, scale: float,
-                      proj: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
-    """ConvLSTM from zero state over ``seq`` then the state attention, written from the spec, gate by gate."""
+def _oracle_direction(
+    seq: list[torch.Tensor], w: torch.Tensor, b: torch.Tensor, scale: float, proj: tuple[torch.Tensor, ...] | None
+) -> torch.Tensor:
+    """ConvLSTM from zero state over ``seq`` then the state attention, gate by gate.
+
+    Written from docs/models/salstm.md §3.1-§3.3.
+    """
     hc = w.shape[0] // 4
     h = torch.zeros(seq[0].shape[0], hc, *seq[0].shape[2:], dtype=w.dtype)
     c = torch.zeros_like(h)
     for x in seq:
         a = F.conv2d(torch.cat([x, h], 1), w, b, padding=w.shape[-1] // 2)
-        i, f, o, g = (a[:, k * hc:(k + 1) * hc] for k in range(4))
+        i, f, o, g = (a[:, k * hc : (k + 1) * hc] for k in range(4))
         i, f, o, g = i.sigmoid(), f.sigmoid(), o.sigmoid(), g.tanh()
         c = f * c + i * g
         h = o * c.tanh()
@@ -117,10 +121,17 @@ def _oracle_head(head: BiTransLSTMHead, slab: torch.Tensor) -> torch.Tensor:
         att = net.attention
         proj = None
         if hasattr(att, "q_proj"):
-            proj = (att.q_proj.weight, att.q_proj.bias, att.k_proj.weight, att.k_proj.bias, att.v_proj.weight,
-                    att.v_proj.bias)
-        outs.append(_oracle_direction([slab[:, t] for t in order], net.cell.conv.weight, net.cell.conv.bias,
-                                      att.scale, proj))
+            proj = (
+                att.q_proj.weight,
+                att.q_proj.bias,
+                att.k_proj.weight,
+                att.k_proj.bias,
+                att.v_proj.weight,
+                att.v_proj.bias,
+            )
+        outs.append(
+            _oracle_direction([slab[:, t] for t in order], net.cell.conv.weight, net.cell.conv.bias, att.scale, proj)
+        )
     return F.conv2d(torch.cat(outs, 1), head.classifier.weight, head.classifier.bias)
 
 
@@ -318,8 +329,7 @@ def test_2d_shapes_and_gradients(name: str) -> None:
 
 
 def test_2d_scale_slab_values() -> None:
-    model = create_model("salstm2d", 1, 2, backbone="unet", backbone_kwargs=SMALL_UNET, hidden_channels=8,
-                         slab_size=5)
+    model = create_model("salstm2d", 1, 2, backbone="unet", backbone_kwargs=SMALL_UNET, hidden_channels=8, slab_size=5)
     feats = torch.arange(2 * 8 * 8, dtype=torch.float32).view(1, 2, 8, 8)
     slab = model.scale_slab(feats)
     assert slab.shape == (1, 5, 2, 8, 8)
@@ -351,13 +361,13 @@ def test_2d_equals_head_on_hand_built_slab() -> None:
 def test_2d_repeat_equals_slab_model_on_replicated_image() -> None:
     """``sequence="repeat"`` is the literal option: the 3D model fed the same image as every slice."""
     torch.manual_seed(7)
-    model2d = create_model("salstm2d", 1, 2, backbone="unet", backbone_kwargs=SMALL_UNET, hidden_channels=8,
-                           sequence="repeat").eval()
+    model2d = create_model(
+        "salstm2d", 1, 2, backbone="unet", backbone_kwargs=SMALL_UNET, hidden_channels=8, sequence="repeat"
+    ).eval()
     model3d = SliceContextNet(model2d.backbone, model2d.head, 3).eval()
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(model2d(x), model3d(x.unsqueeze(2).expand(-1, -1, 3, -1, -1)), rtol=1e-5,
-                                   atol=1e-5)
+        torch.testing.assert_close(model2d(x), model3d(x.unsqueeze(2).expand(-1, -1, 3, -1, -1)), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="sequence"):
         create_model("salstm2d", 1, 2, backbone="unet", hidden_channels=8, sequence="video")
 
@@ -382,9 +392,9 @@ def test_official_loader_full_release_model(official_class: str) -> None:
 
     from attnseg.models.mtunet import official_mtunet_rename
 
-    spec = importlib.util.spec_from_file_location("_mtunet_keys", Path(__file__).with_name("test_mtunet.py"))
-    keys_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(keys_module)
+    module_spec = importlib.util.spec_from_file_location("_mtunet_keys", Path(__file__).with_name("test_mtunet.py"))
+    keys_module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(keys_module)
     official_mtunet_keys = keys_module.official_mtunet_keys
 
     variant = official_class.split(".")[1].lower()

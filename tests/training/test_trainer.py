@@ -10,22 +10,46 @@ import torch
 from safetensors.torch import load_file
 
 from attnseg.config import AugmentConfig, TrainConfig
-from attnseg.training import checkpoint as ckpt
+from attnseg.runs import RunDir
 from attnseg.training.trainer import Trainer, train
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
-    base = dict(model="unet", model_kwargs={"width": 8}, data=str(data), out=str(out), iterations=12, batch_size=2,
-                input_size=[48, 48], lr=3e-3, optimizer="adamw", scheduler="cosine", num_workers=0, val_every=4,
-                log_every=2, seed=7, augment=AugmentConfig(rotate=0.5, scale=0.5, intensity=0.5, noise=0.5))
+    base = dict(
+        model="unet",
+        model_kwargs={"width": 8},
+        data=str(data),
+        out=str(out),
+        iterations=12,
+        batch_size=2,
+        input_size=[48, 48],
+        lr=3e-3,
+        optimizer="adamw",
+        scheduler="cosine",
+        num_workers=0,
+        val_every=4,
+        log_every=2,
+        seed=7,
+        augment=AugmentConfig(rotate=0.5, scale=0.5, intensity=0.5, noise=0.5),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 def test_loss_decreases_on_demo_ct(demo_dataset, tmp_path):
-    cfg = _cfg(demo_dataset, tmp_path / "run", iterations=40, batch_size=4, lr=1e-2, target_spacing=[4.5, 4.5],
-               input_size=[64, 64], foreground_prob=0.9, val_every=20, log_every=5,
-               augment=AugmentConfig(flip=0, rotate=0, scale=0, intensity=0, noise=0))
+    cfg = _cfg(
+        demo_dataset,
+        tmp_path / "run",
+        iterations=40,
+        batch_size=4,
+        lr=1e-2,
+        target_spacing=[4.5, 4.5],
+        input_size=[64, 64],
+        foreground_prob=0.9,
+        val_every=20,
+        log_every=5,
+        augment=AugmentConfig(flip=0, rotate=0, scale=0, intensity=0, noise=0),
+    )
     summary = train(cfg, progress=False)
     with open(tmp_path / "run" / "log.csv") as fh:
         losses = [float(r["loss"]) for r in csv.DictReader(fh) if r.get("loss")]
@@ -35,7 +59,7 @@ def test_loss_decreases_on_demo_ct(demo_dataset, tmp_path):
     assert {"config.yaml", "plan.json", "model.json", "split.json", "log.csv", "checkpoints"} <= files
     build = json.loads((tmp_path / "run" / "model.json").read_text())
     assert build["name"] == "unet" and build["num_classes"] == 9 and build["label_names"]["6"] == "liver"
-    state = ckpt.load_state(tmp_path / "run" / "checkpoints" / "last_state.pt")  # weights_only=True
+    state = RunDir(tmp_path / "run").load_state("last")  # weights_only=True
     assert state["iteration"] == 40 and "optimizer" in state
 
 
@@ -64,7 +88,7 @@ def test_resume_equals_uninterrupted(ct_dataset, tmp_path):
     trainer.setup()
     with pytest.raises(_Interrupted):
         trainer.run()
-    assert ckpt.load_state(tmp_path / "part" / "checkpoints" / "last_state.pt")["iteration"] == 4
+    assert RunDir(tmp_path / "part").load_state("last")["iteration"] == 4
     train(part, resume=True, progress=False)
 
     a = load_file(str(tmp_path / "full" / "checkpoints" / "last.safetensors"))
@@ -90,8 +114,10 @@ def test_existing_run_is_not_overwritten_without_resume(ct_dataset, tmp_path):
 
 
 def test_schedulers_follow_their_formulas(ct_dataset, tmp_path):
-    for name, expected in (("poly", lambda t: (1 - t / 10) ** 0.9), ("cosine", lambda t: 0.5 * (1 + torch.cos(
-            torch.tensor(torch.pi * t / 10)).item()))):
+    for name, expected in (
+        ("poly", lambda t: (1 - t / 10) ** 0.9),
+        ("cosine", lambda t: 0.5 * (1 + torch.cos(torch.tensor(torch.pi * t / 10)).item())),
+    ):
         cfg = _cfg(ct_dataset, tmp_path / name, iterations=10, scheduler=name, lr=1.0)
         trainer = Trainer(cfg, progress=False)
         trainer.setup()
@@ -105,6 +131,7 @@ def test_schedulers_follow_their_formulas(ct_dataset, tmp_path):
 
 def test_epochs_derive_iterations_from_the_training_samples(ct_dataset, tmp_path):
     # 2 training cases of 12 slices each (fold0 of 3 cases) at batch 4: an epoch is ceil(24 / 4) = 6 iterations
-    summary = train(_cfg(ct_dataset, tmp_path / "run", iterations=None, epochs=2, batch_size=4, val_every=6),
-                    progress=False)
+    summary = train(
+        _cfg(ct_dataset, tmp_path / "run", iterations=None, epochs=2, batch_size=4, val_every=6), progress=False
+    )
     assert summary["iterations_per_epoch"] == 6 and summary["iterations"] == 12 and summary["epochs"] == 2

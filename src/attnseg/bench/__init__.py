@@ -16,7 +16,7 @@ from attnseg.bench.complexity import (
     measure_complexity,
     thop_macs,
 )
-from attnseg.bench.report import environment_info, render_table, run_benchmark, write_json_atomic
+from attnseg.bench.report import environment_info, render_table, run_benchmark
 from attnseg.bench.speed import (
     MemoryResult,
     SpeedResult,
@@ -37,7 +37,6 @@ __all__ = [
     "environment_info",
     "render_table",
     "run_benchmark",
-    "write_json_atomic",
     "MemoryResult",
     "SpeedResult",
     "TimingStats",

@@ -1,6 +1,6 @@
 """Model complexity: parameters, MACs (fvcore), true FLOPs (FlopCounterMode) and a thop-compatible MACs column.
 
-Why three counters (anchors survey, section 4.6, "the MACs vs FLOPs confusion"):
+Why three counters (the MACs vs FLOPs confusion of paper tables; README.md, Model zoo, lists all three):
 
 - ``thop.profile`` returns **MACs** and sees only ``nn.Module`` forward hooks, so functional ``torch.matmul``, ``@``,
   ``einsum`` and ``scaled_dot_product_attention`` inside custom attention count as zero. Papers print its number as

@@ -1,32 +1,35 @@
 """The benchmark record: one JSON document with every figure, how it was measured and the tool versions.
 
 :func:`run_benchmark` builds a registered model and measures it (complexity at batch 1, the field's convention;
-latency and memory at the requested batch size); :func:`write_json_atomic` writes the record so that a reader never
+latency and memory at the requested batch size); :func:`attnseg.io.write_json` writes the record so that a reader never
 sees a half-written file; :func:`render_table` turns it into the rich table ``attnseg bench`` prints.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from attnseg.errors import AttnsegError
+
 __all__ = [
+    "BenchError",
     "SCHEMA",
     "environment_info",
     "resolve_input_size",
     "run_benchmark",
-    "write_json_atomic",
     "render_table",
     "format_count",
 ]
 
 SCHEMA = "attnseg.bench/1"
+
+
+class BenchError(AttnsegError, ValueError):
+    """A benchmark request the model or machine cannot serve (size, options, batch, device)."""
 
 
 def _version(dist: str) -> str | None:
@@ -99,12 +102,12 @@ def resolve_input_size(name: str, input_size: Sequence[int] | None) -> tuple[int
     if len(size) not in allowed:
         example = " ".join(str(s) for s in info.default_input_size)
         extra = " (or K H W: a slab of K slices)" if len(allowed) > 1 else ""
-        raise ValueError(
+        raise BenchError(
             f"model {name!r} is {info.spatial_dims}D: --input-size needs {info.spatial_dims} values{extra} "
             f"(e.g. --input-size {example}), got {len(size)}: {list(size)}"
         )
     if min(size) < 1:
-        raise ValueError(f"input sizes must be positive, got {list(size)}")
+        raise BenchError(f"input sizes must be positive, got {list(size)}")
     return size
 
 
@@ -140,7 +143,7 @@ def run_benchmark(
 
     Raises:
         KeyError: unknown model.
-        ValueError: bad size, batch or options, or a size the model cannot take.
+        BenchError: bad size, batch, device or options, or a size the model cannot take.
     """
     import torch
 
@@ -149,26 +152,31 @@ def run_benchmark(
     from attnseg.models.registry import check_input_size, create_model, model_info
 
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise BenchError(f"batch_size must be >= 1, got {batch_size}")
     if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+        raise BenchError(f"threads must be >= 1, got {threads}")
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from exc
+        raise BenchError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        raise BenchError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     info = model_info(name)
     size = resolve_input_size(name, input_size)
     kwargs = dict(model_kwargs or {})
     try:
         model = create_model(name, in_channels=in_channels, num_classes=num_classes, **kwargs)
-    except TypeError as exc:  # unknown factory keyword
-        raise ValueError(f"cannot build {name!r} with options {kwargs}: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # an option the factory does not take, or a value it refuses
+        if isinstance(exc, TypeError) and "argument" not in str(exc):
+            raise
+        raise BenchError(f"cannot build {name!r} with options {kwargs}: {exc}") from exc
     slab = "slab" in info.tags
     if slab and len(size) == info.spatial_dims:
         size = (int(model.slab_size), *size)  # slab models take [B, C, K, H, W]
-    check_input_size(model, size)
+    try:
+        check_input_size(model, size)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
     layout = "B C K H W (slab of K adjacent slices)" if slab else ("B C H W" if len(size) == 2 else "B C D H W")
 
     old_threads = torch.get_num_threads()
@@ -215,28 +223,6 @@ def run_benchmark(
     }
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as JSON to ``path`` atomically (temporary file in the same folder, then ``os.replace``)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
-
-
 def format_count(n: float | int | None, unit: str = "") -> str:
     """``1234567`` -> ``"1.23 M"``; ``None`` -> ``"n/a"``."""
     if n is None:
@@ -274,8 +260,11 @@ def render_table(record: dict[str, Any]) -> Any:
     table.add_row("FLOPs", format_count(cx.get("flops")), cx.get("flops_error") or "FlopCounterMode, batch 1")
     if cx.get("params_thop") is not None:
         table.add_row("params (thop-compat)", f"{cx['params_thop']:,}", "thop: only modules it has a rule for")
-    table.add_row("MACs (thop-compat)", format_count(cx.get("macs_thop")),
-                  cx.get("thop_error") or "thop: misses functional matmul/SDPA")
+    table.add_row(
+        "MACs (thop-compat)",
+        format_count(cx.get("macs_thop")),
+        cx.get("thop_error") or "thop: misses functional matmul/SDPA",
+    )
     where = f"{lat['device']}, {lat['threads']} thr, batch {lat['batch_size']}, n={lat['forward']['runs']}"
     table.add_row("latency forward", _timing_text(lat.get("forward")), f"median, {where}")
     table.add_row("latency fwd+bwd", _timing_text(lat.get("forward_backward")), f"median, {where}")

@@ -121,7 +121,13 @@ def time_callable(fn: Callable[[], Any], runs: int, warmup: int, device: str | t
         times.append((time.perf_counter() - start) * 1000.0)
     q1, med, q3 = (float(v) for v in np.percentile(times, [25, 50, 75]))
     return TimingStats(
-        median_ms=med, iqr_ms=q3 - q1, q1_ms=q1, q3_ms=q3, min_ms=min(times), max_ms=max(times), runs=runs,
+        median_ms=med,
+        iqr_ms=q3 - q1,
+        q1_ms=q1,
+        q3_ms=q3,
+        min_ms=min(times),
+        max_ms=max(times),
+        runs=runs,
         warmup=warmup,
     )
 
@@ -149,8 +155,14 @@ def summarize_ms(seconds: Sequence[float], digits: int = 2) -> dict[str, float]:
     """Median, quartiles, IQR and minimum (ms) of timings given in seconds."""
     ms = np.asarray(seconds, dtype=float) * 1e3
     q1, med, q3 = (float(v) for v in np.percentile(ms, [25, 50, 75]))
-    return {"median_ms": round(med, digits), "q1_ms": round(q1, digits), "q3_ms": round(q3, digits),
-            "iqr_ms": round(q3 - q1, digits), "min_ms": round(float(ms.min()), digits), "n": int(ms.size)}
+    return {
+        "median_ms": round(med, digits),
+        "q1_ms": round(q1, digits),
+        "q3_ms": round(q3, digits),
+        "iqr_ms": round(q3 - q1, digits),
+        "min_ms": round(float(ms.min()), digits),
+        "n": int(ms.size),
+    }
 
 
 def time_interleaved(
@@ -275,21 +287,21 @@ def _read_status_kb(field_name: str) -> int | None:
 
 
 def _memory_child() -> None:
-    """Entry point of the CPU memory subprocess: spec JSON on stdin, one result JSON line on stdout."""
+    """Entry point of the CPU memory subprocess: job JSON on stdin, one result JSON line on stdout."""
     import resource
 
-    spec = json.loads(sys.stdin.read())
-    torch.set_num_threads(int(spec["threads"]))
+    job = json.loads(sys.stdin.read())
+    torch.set_num_threads(int(job["threads"]))
     torch.manual_seed(0)
-    if spec.get("build"):
+    if job.get("build"):
         from attnseg.models.registry import create_model
 
-        b = spec["build"]
+        b = job["build"]
         model = create_model(b["name"], in_channels=b["in_channels"], num_classes=b["num_classes"], **b["kwargs"])
     else:
-        model = torch.load(spec["model_file"], weights_only=False)
-    x = torch.randn(tuple(spec["input_shape"]))
-    backward = bool(spec["backward"])
+        model = torch.load(job["model_file"], weights_only=False)
+    x = torch.randn(tuple(job["input_shape"]))
+    backward = bool(job["backward"])
     model.train(backward)
     model.zero_grad(set_to_none=True)
 
@@ -314,13 +326,13 @@ def _memory_child() -> None:
     print(json.dumps({"base_kb": base_kb, "peak_kb": peak_kb, "method": method}))
 
 
-def _cpu_peak_subprocess(spec: dict[str, Any], timeout: float) -> tuple[float, str]:
+def _cpu_peak_subprocess(job: dict[str, Any], timeout: float) -> tuple[float, str]:
     env = dict(os.environ)
     # The child must import what the parent can (e.g. the module that defines a pickled model class).
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     proc = subprocess.run(
         [sys.executable, "-c", "from attnseg.bench.speed import _memory_child; _memory_child()"],
-        input=json.dumps(spec),
+        input=json.dumps(job),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -366,13 +378,15 @@ def measure_peak_memory(
         finally:
             model.train(was_training)
         return MemoryResult(
-            device=str(dev), forward_mb=fwd, forward_backward_mb=fwd_bwd,
+            device=str(dev),
+            forward_mb=fwd,
+            forward_backward_mb=fwd_bwd,
             method="torch.cuda.max_memory_allocated minus memory_allocated before the call (one call each)",
         )
     if dev.type != "cpu":
         return MemoryResult(str(dev), None, None, method="none", error=f"peak memory not supported on {dev.type}")
 
-    spec: dict[str, Any] = {"input_shape": [int(s) for s in input_shape], "threads": torch.get_num_threads()}
+    job: dict[str, Any] = {"input_shape": [int(s) for s in input_shape], "threads": torch.get_num_threads()}
     build = getattr(model, "attnseg_build", None)
     if build:
         try:
@@ -382,23 +396,22 @@ def measure_peak_memory(
     tmp_path = None
     try:
         if build:
-            spec["build"] = build
+            job["build"] = build
         else:
             fd, tmp_path = tempfile.mkstemp(suffix=".pt", prefix="attnseg_bench_")
             os.close(fd)
             torch.save(model, tmp_path)
-            spec["model_file"] = tmp_path
-        fwd, method = _cpu_peak_subprocess({**spec, "backward": False}, timeout)
+            job["model_file"] = tmp_path
+        fwd, method = _cpu_peak_subprocess({**job, "backward": False}, timeout)
         fwd_bwd = None
         if backward:
-            fwd_bwd, _ = _cpu_peak_subprocess({**spec, "backward": True}, timeout)
+            fwd_bwd, _ = _cpu_peak_subprocess({**job, "backward": True}, timeout)
     except Exception as exc:  # noqa: BLE001 - memory is an optional figure
         return MemoryResult(str(dev), None, None, method="fresh-subprocess peak RSS", error=str(exc)[:300])
     finally:
         if tmp_path is not None:
             os.unlink(tmp_path)
-    how = (
-        "peak RSS increase over the post-build baseline in a fresh subprocess, first call, "
-        + ("VmHWM after /proc/self/clear_refs reset" if method == "clear_refs" else "ru_maxrss (no reset available)")
+    how = "peak RSS increase over the post-build baseline in a fresh subprocess, first call, " + (
+        "VmHWM after /proc/self/clear_refs reset" if method == "clear_refs" else "ru_maxrss (no reset available)"
     )
     return MemoryResult(device="cpu", forward_mb=fwd, forward_backward_mb=fwd_bwd, method=how)

@@ -45,7 +45,7 @@ def bench(
         Path | None, typer.Option("--json", help="Also write the full record (figures, methods, versions) here.")
     ] = None,
     kwargs: Annotated[
-        str | None, typer.Option("--kwargs", help='Model options as a JSON object, e.g. \'{"width": 16}\'.')
+        str | None, typer.Option("--kwargs", help="Model options as a JSON object, e.g. '{\"width\": 16}'.")
     ] = None,
 ) -> None:
     """Parameters, MACs, true FLOPs, thop-compatible MACs, latency and peak memory of one model.
@@ -55,31 +55,35 @@ def bench(
     """
     from rich.console import Console
 
-    from attnseg.bench.report import render_table, run_benchmark, write_json_atomic
+    from attnseg.bench.report import render_table, run_benchmark
     from attnseg.cli.args import parse_json_kwargs, parse_size
     from attnseg.config import ConfigError
+    from attnseg.io import write_json
+    from attnseg.runs import refuse_reserved
 
     try:
         size = parse_size(input_size)
         options = parse_json_kwargs(kwargs, "--kwargs")
-        record = run_benchmark(
-            model,
-            input_size=size,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            batch_size=batch_size,
-            runs=runs,
-            warmup=warmup,
-            device=device,
-            model_kwargs=options,
-            threads=threads,
-            memory=memory,
-        )
-    except ValueError as exc:  # a size or option the model cannot take: a user error, reported as one line
+    except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if json_path is not None:
+        refuse_reserved(json_path, "--json")
+    record = run_benchmark(
+        model,
+        input_size=size,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        batch_size=batch_size,
+        runs=runs,
+        warmup=warmup,
+        device=device,
+        model_kwargs=options,
+        threads=threads,
+        memory=memory,
+    )
     Console().print(render_table(record))
     if json_path is not None:
-        written = write_json_atomic(json_path, record)
+        written = write_json(json_path, record)
         typer.echo(f"wrote {written}")
 
 

@@ -17,12 +17,16 @@ def convert_dataset(
     src: Annotated[Path, typer.Argument(help="The release folder as distributed.", show_default=False)],
     dst: Annotated[Path, typer.Argument(help="Dataset folder to create (nnU-Net raw layout).", show_default=False)],
     seed: Annotated[int | None, typer.Option(help="Seed of the seeded splits (default 42).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing DST once the new one is "
-                                                                "complete.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing DST once the new one is complete.")
+    ] = False,
     workers: Annotated[int, typer.Option("--workers", help="Threads for image conversion.")] = 1,
     max_size: Annotated[
-        int | None, typer.Option("--max-size", help="2D datasets: downsize images whose longer side exceeds this "
-                                                    "(e.g. 1024 for full-resolution ISIC).")
+        int | None,
+        typer.Option(
+            "--max-size",
+            help="2D datasets: downsize images whose longer side exceeds this (e.g. 1024 for full-resolution ISIC).",
+        ),
     ] = None,
 ) -> None:
     """Convert a dataset release into DST (images, labels, dataset.json, splits.json); see each split with --fold."""
@@ -31,11 +35,20 @@ def convert_dataset(
     from attnseg.data.conversion import SPLIT_SEED
     from attnseg.data.conversion import convert_dataset as run
 
-    report = run(name, src, dst, seed=SPLIT_SEED if seed is None else seed, overwrite=overwrite, workers=workers,
-                 max_size=max_size)
+    report = run(
+        name,
+        src,
+        dst,
+        seed=SPLIT_SEED if seed is None else seed,
+        overwrite=overwrite,
+        workers=workers,
+        max_size=max_size,
+    )
     console = Console(highlight=False)
-    console.print(f"[green]done[/]: {report.dataset} -> {report.root} ({report.num_training} training, "
-                  f"{report.num_test} test cases)")
+    console.print(
+        f"[green]done[/]: {report.dataset} -> {report.root} ({report.num_training} training, "
+        f"{report.num_test} test cases)"
+    )
     for split, parts in report.splits.items():
         console.print(f"  split {split}: " + ", ".join(f"{k} {v}" for k, v in parts.items()), markup=False)
     for note in report.notes:

@@ -23,7 +23,7 @@ def read_official_state_dict(path: Path) -> dict[str, Any]:
     from attnseg.data.io import ImageReadError
 
     if not path.exists():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise ImageReadError(path, "checkpoint not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -32,8 +32,11 @@ def read_official_state_dict(path: Path) -> dict[str, Any]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ImageReadError(path, f"cannot load as a weights-only PyTorch checkpoint ({type(exc).__name__}: "
-                                       f"{str(exc).splitlines()[0][:200]})") from None
+            raise ImageReadError(
+                path,
+                f"cannot load as a weights-only PyTorch checkpoint ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]})",
+            ) from None
     for key in _WRAPPER_KEYS:
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -41,7 +44,8 @@ def read_official_state_dict(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ImageReadError(path, "does not hold a state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = dict(state)  # torch strips the prefix in place: work on a copy
+        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, "module.")
     return state
 
 
@@ -53,11 +57,12 @@ def convert_weights_command(
 ) -> None:
     """Map an official checkpoint onto attnseg's model (strict: every tensor used, every parameter filled)."""
     from rich.console import Console
+    from safetensors.torch import save_file
 
     from attnseg.cli.args import parse_json_kwargs
     from attnseg.config import ConfigError
+    from attnseg.io import atomic_write
     from attnseg.models.official import from_official
-    from attnseg.training.checkpoint import save_weights
 
     try:
         constructor_kwargs = parse_json_kwargs(kwargs, "--kwargs")
@@ -68,11 +73,16 @@ def convert_weights_command(
     state = read_official_state_dict(checkpoint)
     model = from_official(official_class, state, **constructor_kwargs)
     build = getattr(model, "attnseg_build", None)
-    metadata = {"official_class": official_class, "official_kwargs": json.dumps(constructor_kwargs),
-                "source": checkpoint.name}
+    metadata = {
+        "official_class": official_class,
+        "official_kwargs": json.dumps(constructor_kwargs),
+        "source": checkpoint.name,
+    }
     if build:
         metadata["attnseg_build"] = json.dumps(build)
-    save_weights(model, output, metadata)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(output, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
     n = sum(p.numel() for p in model.parameters())
-    Console().print(f"[green]converted[/] {len(state)} official tensors -> {output} ({type(model).__name__}, {n:,} "
-                    f"parameters)")
+    Console().print(
+        f"[green]converted[/] {len(state)} official tensors -> {output} ({type(model).__name__}, {n:,} parameters)"
+    )

@@ -33,14 +33,12 @@ def evaluate(
     """Evaluate predictions against references and write an nnU-Net-like summary.json."""
     from rich.console import Console
 
-    from attnseg.evaluation.evaluate import EvaluationError, evaluate_folders, print_summary, save_summary
+    from attnseg.evaluation.evaluate import evaluate_folders, print_summary, save_summary
+    from attnseg.runs import refuse_reserved
 
-    err = Console(stderr=True)
-    try:
-        summary = evaluate_folders(pred, gt, dataset_dir=dataset, protocol=protocol, num_workers=workers)
-        target = save_summary(summary, out if out is not None else pred / "summary.json")
-    except (EvaluationError, ValueError, OSError) as exc:
-        err.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    target = out if out is not None else pred / "summary.json"
+    refuse_reserved(target, "--out")
+    summary = evaluate_folders(pred, gt, dataset_dir=dataset, protocol=protocol, num_workers=workers)
+    target = save_summary(summary, target)
     print_summary(summary)
     Console().print(f"summary written to {target}", markup=False, highlight=False)

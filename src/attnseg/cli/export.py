@@ -20,14 +20,11 @@ def export_command(
     from rich.console import Console
 
     from attnseg.config import ConfigError
-    from attnseg.inference.export import export_onnx
+    from attnseg.export import export_onnx, sidecar_path_for
 
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint must be best or last, got {checkpoint!r}")
-    try:
-        sidecar = export_onnx(run, output, checkpoint=checkpoint, opset=opset, check=check)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    sidecar = export_onnx(run, output, checkpoint=checkpoint, opset=opset, check=check)
     diff = sidecar["onnxruntime_max_abs_diff"]
     checked = f"onnxruntime max |diff| {diff:.2e}" if diff is not None else "not checked (onnxruntime missing)"
-    Console().print(f"[green]exported[/] {output} ({checked}); sidecar {output.with_suffix('.json')}")
+    Console().print(f"[green]exported[/] {output} ({checked}); sidecar {sidecar_path_for(output)}")

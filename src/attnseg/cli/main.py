@@ -1,5 +1,6 @@
 """The ``attnseg`` command line. Each subcommand parses and validates its options, then calls one typed function of
-the workflow packages. User errors print one line on stderr and exit with code 2, without a traceback."""
+the workflow packages. User errors (:class:`attnseg.errors.AttnsegError`) print one line on stderr and exit with code
+2, without a traceback; any other exception is a bug and is reported as an internal error (exit 1)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import typer
 
-__all__ = ["app", "main", "cli_errors", "fail"]
+__all__ = ["app", "main", "cli_errors", "fail", "internal_error"]
 
 app = typer.Typer(
     name="attnseg",
@@ -31,40 +32,53 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+def internal_error(exc: BaseException) -> None:
+    """Report an exception that is not a user error as the bug it is: traceback, place, how to report; exit 1."""
+    import traceback
+
+    from attnseg import __version__
+
+    traceback.print_exception(exc)
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    sys.stderr.write(
+        f"internal error: {type(exc).__name__}: {exc}{where}\n"
+        f"This is a bug in attnseg {__version__}, not in your input. Please report it with the command "
+        "you ran and the output above.\n"
+    )
+    raise typer.Exit(1)
+
+
+def _user_message(exc: BaseException) -> str:
+    """A user error's message, with configuration fields spelled as the flags that set them."""
+    from attnseg.cli.train import TRAIN_FLAGS
     from attnseg.config import ConfigError
-    from attnseg.data.io import ImageReadError
-    from attnseg.data.layout import DatasetError
-    from attnseg.inference.predictor import RunError
-    from attnseg.models.official import OfficialWeightsError
 
-    errors: list[type[BaseException]] = [ConfigError, DatasetError, ImageReadError, OfficialWeightsError, RunError,
-                                         FileNotFoundError, KeyError]
-    try:
-        from attnseg.evaluation.evaluate import EvaluationError
-
-        errors.append(EvaluationError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    if isinstance(exc, ConfigError):
+        return exc.render(
+            lambda field: f"--{field.replace('_', '-')}" if field in TRAIN_FLAGS else f"{field} (recipe key)"
+        )
+    return str(exc)
 
 
 def cli_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the workflow's user-facing errors into one clean line and exit code 2."""
+    """The error policy (:mod:`attnseg.errors`): a user error prints one line and exits with code 2; any other
+    exception is an internal error (traceback, place, exit 1)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from attnseg.errors import AttnsegError
+
         try:
             return func(*args, **kwargs)
         except typer.Exit:
             raise
         except KeyboardInterrupt:
             fail("interrupted", code=130)
+        except AttnsegError as exc:
+            fail(_user_message(exc))
         except Exception as exc:
-            if isinstance(exc, _user_errors()):
-                message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-                fail(str(message))
-            raise
+            internal_error(exc)
 
     return wrapper
 

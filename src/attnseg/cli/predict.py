@@ -23,9 +23,8 @@ def predict_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from attnseg.config import ConfigError
+    from attnseg.config import ConfigError, resolve_device
     from attnseg.inference.predictor import Predictor, find_inputs
-    from attnseg.training.trainer import resolve_device
 
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint must be best or last, got {checkpoint!r}")
@@ -34,15 +33,23 @@ def predict_command(
     if not items:
         raise ConfigError(f"--input {input}: no images found")
     console = Console(stderr=True)
-    with Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeRemainingColumn(), console=console, disable=len(items) < 2) as progress:
+    with Progress(
+        TextColumn("[bold]predict"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=len(items) < 2,
+    ) as progress:
         task = progress.add_task("", total=len(items))
 
         def done(item, error) -> None:
             progress.update(task, advance=1, description=item.case_id)
 
-        failures = predictor.predict_inputs(items, output, tta=tta, overlay=overlay, probabilities=probabilities,
-                                            on_done=done)
+        failures = predictor.predict_inputs(
+            items, output, tta=tta, overlay=overlay, probabilities=probabilities, on_done=done
+        )
     ok = len(items) - len(failures)
     Console().print(f"[green]{ok}[/] of {len(items)} case(s) written to {output}")
     if failures:

@@ -8,7 +8,33 @@ import typer
 
 from attnseg.cli.args import parse_json_kwargs, parse_size
 
-__all__ = ["train_command"]
+__all__ = ["train_command", "TRAIN_FLAGS"]
+
+# TrainConfig fields that `attnseg train` sets from a flag of the same name (``input_size`` <- ``--input-size``);
+# the others are recipe keys only.
+TRAIN_FLAGS = frozenset(
+    {
+        "model",
+        "data",
+        "out",
+        "fold",
+        "iterations",
+        "epochs",
+        "batch_size",
+        "input_size",
+        "lr",
+        "optimizer",
+        "scheduler",
+        "loss",
+        "val_every",
+        "seed",
+        "device",
+        "amp",
+        "geometry",
+        "num_workers",
+        "model_kwargs",
+    }
+)
 
 
 def train_command(
@@ -39,6 +65,7 @@ def train_command(
     from rich.console import Console
 
     from attnseg.config import ConfigError, TrainConfig, load_recipe, merge_config
+    from attnseg.runs import RunDir
     from attnseg.training.trainer import train
 
     try:
@@ -47,17 +74,32 @@ def train_command(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     cfg = TrainConfig()
-    if resume and out is not None and config is None and (out / "config.yaml").exists():
-        config = out / "config.yaml"  # a resumed run continues with its own resolved config
+    if resume and out is not None and config is None and RunDir(out).config_path.exists():
+        config = RunDir(out).config_path  # a resumed run continues with its own resolved config
     if config is not None:
         cfg = load_recipe(config, cfg)
     overrides = {
-        "model": model, "data": str(data) if data else None, "out": str(out) if out else None, "fold": fold,
-        "iterations": iterations, "epochs": epochs, "batch_size": batch_size, "input_size": size, "lr": lr,
-        "optimizer": optimizer, "scheduler": scheduler, "loss": loss, "val_every": val_every, "seed": seed,
-        "device": device, "amp": amp, "geometry": geometry, "num_workers": num_workers,
+        "model": model,
+        "data": str(data) if data else None,
+        "out": str(out) if out else None,
+        "fold": fold,
+        "iterations": iterations,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "input_size": size,
+        "lr": lr,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "loss": loss,
+        "val_every": val_every,
+        "seed": seed,
+        "device": device,
+        "amp": amp,
+        "geometry": geometry,
+        "num_workers": num_workers,
         "model_kwargs": kwargs or None,
     }
+    assert set(overrides) == TRAIN_FLAGS
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "iterations" in overrides and "epochs" not in overrides:
         overrides["epochs"] = None  # a flag overrides the recipe's length in the other unit
@@ -66,10 +108,12 @@ def train_command(
     cfg = merge_config(cfg, overrides, source="command line")
     for required in ("model", "data", "out"):
         if not getattr(cfg, required):
-            raise ConfigError(f"--{required} is required (or set it in the --config recipe)")
+            raise ConfigError("is required (or set it in the --config recipe)", option=required)
     summary = train(cfg, resume=resume, progress=not quiet)
     console = Console()
-    console.print(f"[green]done[/]: {summary['iterations']} iterations ({summary['epochs']} epochs of "
-                  f"{summary['iterations_per_epoch']}); run directory {cfg.out}")
+    console.print(
+        f"[green]done[/]: {summary['iterations']} iterations ({summary['epochs']} epochs of "
+        f"{summary['iterations_per_epoch']}); run directory {cfg.out}"
+    )
     if summary.get("best_val_dice") is not None:
         console.print(f"best validation mean Dice {summary['best_val_dice']:.4f}")

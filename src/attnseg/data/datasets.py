@@ -27,8 +27,9 @@ __all__ = ["CaseCache", "SliceSampler", "build_augmentation", "crop_or_pad", "sl
 class CaseCache:
     """Preprocessed cases held in memory, with per-class foreground voxel indices for oversampling."""
 
-    def __init__(self, cases: Sequence[PreprocessedCase], spatial_dims: int, max_fg_per_class: int = 20_000,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, cases: Sequence[PreprocessedCase], spatial_dims: int, max_fg_per_class: int = 20_000, seed: int = 0
+    ) -> None:
         self.cases = list(cases)
         self.spatial_dims = spatial_dims
         rng = np.random.default_rng(seed)
@@ -62,14 +63,17 @@ def slab_indices(center: int, depth: int, slab: int) -> np.ndarray:
     return np.clip(np.arange(center - half, center + half + 1), 0, depth - 1)
 
 
-def crop_or_pad(arrays: list[np.ndarray], center: Sequence[int], size: Sequence[int],
-                pad_values: Sequence[float]) -> list[np.ndarray]:
+def crop_or_pad(
+    arrays: list[np.ndarray], center: Sequence[int], size: Sequence[int], pad_values: Sequence[float]
+) -> list[np.ndarray]:
     """Crop the trailing ``len(size)`` axes of each array to ``size`` around ``center``, padding outside."""
     out = []
-    spatial = [a.shape[-len(size):] for a in arrays][0]
+    spatial = [a.shape[-len(size) :] for a in arrays][0]
     starts = [int(c) - s // 2 for c, s in zip(center, size)]
-    starts = [min(max(st, min(0, n - s)), max(n - s, 0)) if n >= s else (n - s) // 2 for st, n, s in
-              zip(starts, spatial, size)]
+    starts = [
+        min(max(st, min(0, n - s)), max(n - s, 0)) if n >= s else (n - s) // 2
+        for st, n, s in zip(starts, spatial, size)
+    ]
     for a, pad_value in zip(arrays, pad_values):
         lead = a.shape[: a.ndim - len(size)]
         result = np.full((*lead, *size), pad_value, dtype=a.dtype)
@@ -99,11 +103,22 @@ def build_augmentation(cfg: AugmentConfig, spatial_dims: int):
         # in-plane rotation: MONAI's range_x for 2D; for volumes, range_z turns within the plane of axes 0-1
         # (the axial plane after RAS reorientation), the slice axis staying put
         plane = {"range_x": rad} if spatial_dims == 2 else {"range_x": 0.0, "range_z": rad}
-        ops.append(T.RandRotated(keys, **plane, prob=cfg.rotate, mode=("bilinear", "nearest"),
-                                 padding_mode="zeros", keep_size=True))
+        ops.append(
+            T.RandRotated(
+                keys, **plane, prob=cfg.rotate, mode=("bilinear", "nearest"), padding_mode="zeros", keep_size=True
+            )
+        )
     if cfg.scale > 0:
-        ops.append(T.RandZoomd(keys, prob=cfg.scale, min_zoom=cfg.scale_range[0], max_zoom=cfg.scale_range[1],
-                               mode=("bilinear", "nearest-exact"), keep_size=True))
+        ops.append(
+            T.RandZoomd(
+                keys,
+                prob=cfg.scale,
+                min_zoom=cfg.scale_range[0],
+                max_zoom=cfg.scale_range[1],
+                mode=("bilinear", "nearest-exact"),
+                keep_size=True,
+            )
+        )
     if cfg.intensity > 0:
         ops.append(T.RandScaleIntensityd("image", factors=cfg.intensity_scale, prob=cfg.intensity))
         ops.append(T.RandShiftIntensityd("image", offsets=cfg.intensity_shift, prob=cfg.intensity))
@@ -115,8 +130,17 @@ def build_augmentation(cfg: AugmentConfig, spatial_dims: int):
 class SliceSampler(Dataset):
     """``len`` = samples in the run; item ``i`` = (image ``[C, *input]`` or ``[C, K, H, W]``, label ``[*input]``)."""
 
-    def __init__(self, cache: CaseCache, plan: Plan, num_samples: int, seed: int, *, foreground_prob: float = 0.33,
-                 augment: AugmentConfig | None = None, slab_size: int = 1) -> None:
+    def __init__(
+        self,
+        cache: CaseCache,
+        plan: Plan,
+        num_samples: int,
+        seed: int,
+        *,
+        foreground_prob: float = 0.33,
+        augment: AugmentConfig | None = None,
+        slab_size: int = 1,
+    ) -> None:
         self.cache = cache
         self.plan = plan
         self.num_samples = num_samples

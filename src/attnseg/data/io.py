@@ -13,12 +13,14 @@ direction. Every write goes to a temporary file that is renamed into place.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from attnseg.errors import AttnsegError
+from attnseg.io import atomic_write
 
 __all__ = [
     "ImageMeta",
@@ -44,7 +46,7 @@ SUPPORTED_SUFFIXES = VOLUME_SUFFIXES + NATURAL_2D_SUFFIXES
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-class ImageReadError(ValueError):
+class ImageReadError(AttnsegError, ValueError):
     """A file cannot be read as an image; the message names the file and the problem."""
 
     def __init__(self, path: str | os.PathLike, problem: str) -> None:
@@ -256,13 +258,6 @@ def read_label(path: str | os.PathLike) -> tuple[np.ndarray, ImageMeta]:
     return arr.astype(np.int16 if arr.max(initial=0) > 255 or arr.min(initial=0) < 0 else np.uint8), meta
 
 
-def _atomic_target(path: Path) -> Path:
-    suffix = image_suffix(path) or path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_image(array: np.ndarray, meta: ImageMeta, path: str | os.PathLike) -> Path:
     """Write ``array`` (``[*spatial]`` or ``[C, *spatial]``) with the geometry of ``meta``, atomically.
 
@@ -277,20 +272,14 @@ def write_image(array: np.ndarray, meta: ImageMeta, path: str | os.PathLike) -> 
     if arr.ndim == spatial + 1 and arr.shape[0] == 1:
         arr = arr[0]
     suffix = image_suffix(path)
-    tmp = _atomic_target(path)
-    try:
-        if suffix in NIFTI_SUFFIXES:
-            _write_nifti(arr, meta, tmp)
-        elif suffix in ITK_SUFFIXES:
-            _write_itk(arr, meta, tmp)
-        elif suffix in NATURAL_2D_SUFFIXES:
-            _write_natural_2d(arr, tmp)
-        else:
-            raise ValueError(f"{path}: cannot write files of type {suffix!r}")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    writers = {
+        **dict.fromkeys(NIFTI_SUFFIXES, lambda tmp: _write_nifti(arr, meta, tmp)),
+        **dict.fromkeys(ITK_SUFFIXES, lambda tmp: _write_itk(arr, meta, tmp)),
+        **dict.fromkeys(NATURAL_2D_SUFFIXES, lambda tmp: _write_natural_2d(arr, tmp)),
+    }
+    if suffix not in writers:
+        raise ValueError(f"{path}: cannot write files of type {suffix!r}")
+    atomic_write(path, writers[suffix], suffix=suffix or path.suffix)
     return path
 
 

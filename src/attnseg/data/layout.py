@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from attnseg.errors import AttnsegError
+from attnseg.io import write_json
 
 __all__ = [
     "DatasetError",
@@ -32,12 +34,11 @@ __all__ = [
     "load_splits",
     "write_splits",
     "write_dataset_json",
-    "atomic_write_text",
     "default_folds",
 ]
 
 
-class DatasetError(ValueError):
+class DatasetError(AttnsegError, ValueError):
     """The dataset folder does not follow the layout; the message names the file and the problem."""
 
 
@@ -106,21 +107,6 @@ class DatasetInfo:
         return sorted(c for c, v in self.cases.items() if v.subset == "Ts")
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write text to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def write_dataset_json(
     root: str | os.PathLike,
     *,
@@ -147,7 +133,7 @@ def write_dataset_json(
     if num_test is not None:
         doc["numTest"] = int(num_test)
     doc.update(extra)
-    return atomic_write_text(Path(root) / "dataset.json", json.dumps(doc, indent=2) + "\n")
+    return write_json(Path(root) / "dataset.json", doc)
 
 
 def _find_cases(root: Path, subset: str, file_ending: str, num_channels: int) -> dict[str, Case]:
@@ -210,7 +196,7 @@ def load_dataset(root: str | os.PathLike) -> DatasetInfo:
     if sorted(channel_names) != list(range(len(channel_names))) or not channel_names:
         raise DatasetError(f"{meta_path}: channel_names keys must be 0..N-1, got {sorted(channel_names)}")
     if labels.get("background") != 0:
-        raise DatasetError(f"{meta_path}: labels must contain \"background\": 0")
+        raise DatasetError(f'{meta_path}: labels must contain "background": 0')
     if len(set(labels.values())) != len(labels):
         raise DatasetError(f"{meta_path}: two label names share one value")
     file_ending = str(raw["file_ending"])
@@ -243,7 +229,7 @@ def default_folds(case_ids: Sequence[str], num_folds: int = 5, seed: int = 12345
 
 
 def write_splits(root: str | os.PathLike, splits: Mapping[str, Any]) -> Path:
-    return atomic_write_text(Path(root) / "splits.json", json.dumps(splits, indent=2) + "\n")
+    return write_json(Path(root) / "splits.json", splits)
 
 
 def load_splits(info: DatasetInfo, *, write_if_missing: bool = True) -> dict[str, Any]:

@@ -79,8 +79,11 @@ def _reorient_transform(meta: ImageMeta, inverse: bool = False) -> np.ndarray | 
         return None
     current = nib.orientations.io_orientation(meta.affine)
     target = nib.orientations.axcodes2ornt(_RAS)
-    transform = nib.orientations.ornt_transform(target, current) if inverse else nib.orientations.ornt_transform(
-        current, target)
+    transform = (
+        nib.orientations.ornt_transform(target, current)
+        if inverse
+        else nib.orientations.ornt_transform(current, target)
+    )
     identity = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
     return None if np.array_equal(transform, identity) else transform
 
@@ -111,9 +114,9 @@ def _resize(array: np.ndarray, size: tuple[int, ...], *, label: bool) -> np.ndar
     import torch.nn.functional as F
 
     lead = array.shape[: array.ndim - len(size)]
-    if tuple(array.shape[-len(size):]) == tuple(size):
+    if tuple(array.shape[-len(size) :]) == tuple(size):
         return array
-    t = torch.from_numpy(np.ascontiguousarray(array)).reshape(-1, 1, *array.shape[-len(size):])
+    t = torch.from_numpy(np.ascontiguousarray(array)).reshape(-1, 1, *array.shape[-len(size) :])
     if label:
         out = F.interpolate(t.float(), size=size, mode="nearest-exact").to(t.dtype)
     else:
@@ -168,16 +171,23 @@ def load_case(case: Case, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray | N
         present = np.unique(label)
         unknown = sorted(set(present.tolist()) - set(info.label_values))
         if unknown:
-            raise DatasetError(
-                f"{case.label}: label values {unknown} are not in dataset.json labels {info.labels}"
-            )
+            raise DatasetError(f"{case.label}: label values {unknown} are not in dataset.json labels {info.labels}")
     return image, label, meta
 
 
-def make_plan(info: DatasetInfo, train_ids: list[str], *, geometry: str, input_size: list[int], spatial_dims: int,
-              target_spacing: list[float] | None = None, ct_window: tuple[float, float] = (0.5, 99.5),
-              ct_clip_hu: tuple[float, float] | None = None, max_samples_per_case: int = 100_000,
-              seed: int = 0) -> Plan:
+def make_plan(
+    info: DatasetInfo,
+    train_ids: list[str],
+    *,
+    geometry: str,
+    input_size: list[int],
+    spatial_dims: int,
+    target_spacing: list[float] | None = None,
+    ct_window: tuple[float, float] = (0.5, 99.5),
+    ct_clip_hu: tuple[float, float] | None = None,
+    max_samples_per_case: int = 100_000,
+    seed: int = 0,
+) -> Plan:
     """Fingerprint the training cases (spacing, CT foreground intensities) into a :class:`Plan`.
 
     CT channels are clipped to the ``ct_window`` percentiles of the training foreground (nnU-Net), or to the fixed
@@ -208,8 +218,9 @@ def make_plan(info: DatasetInfo, train_ids: list[str], *, geometry: str, input_s
             v = np.concatenate(fg_values[c])
             lo, hi = ct_clip_hu if ct_clip_hu is not None else np.percentile(v, ct_window)
             clipped = np.clip(v, lo, hi)
-            ct_stats.append({"lo": float(lo), "hi": float(hi), "mean": float(clipped.mean()),
-                             "std": float(clipped.std())})
+            ct_stats.append(
+                {"lo": float(lo), "hi": float(hi), "mean": float(clipped.mean()), "std": float(clipped.std())}
+            )
         else:
             ct_stats.append(None)
     spacing = None
@@ -222,13 +233,22 @@ def make_plan(info: DatasetInfo, train_ids: list[str], *, geometry: str, input_s
             spacing = [median[0], median[1], -1.0]  # -1: keep the slice spacing
         else:
             spacing = median
-    return Plan(geometry=geometry, input_size=list(input_size), spatial_dims=spatial_dims, channel_kinds=kinds,
-                target_spacing=spacing, ct_stats=ct_stats, data_is_3d=data_is_3d,
-                num_classes=info.num_classes, labels=dict(info.labels))
+    return Plan(
+        geometry=geometry,
+        input_size=list(input_size),
+        spatial_dims=spatial_dims,
+        channel_kinds=kinds,
+        target_spacing=spacing,
+        ct_stats=ct_stats,
+        data_is_3d=data_is_3d,
+        num_classes=info.num_classes,
+        labels=dict(info.labels),
+    )
 
 
-def preprocess_case(case_id: str, image: np.ndarray, label: np.ndarray | None, meta: ImageMeta,
-                    plan: Plan) -> PreprocessedCase:
+def preprocess_case(
+    case_id: str, image: np.ndarray, label: np.ndarray | None, meta: ImageMeta, plan: Plan
+) -> PreprocessedCase:
     """Reorient (3D), resample (``spacing`` geometry) and normalise one case."""
     shape = tuple(image.shape[1:])
     transform = _reorient_transform(meta) if meta.ndim == 3 else None
@@ -252,10 +272,13 @@ def preprocess_case(case_id: str, image: np.ndarray, label: np.ndarray | None, m
             if label is not None:
                 label = _resample(label[None], new_shape, label=True)[0]
     image = _normalise(image, plan)
-    geometry = Geometry(original_shape=shape, ornt_transform=transform,
-                        inverse_ornt=_reorient_transform(meta, inverse=True) if meta.ndim == 3 else None,
-                        reoriented_shape=reoriented,
-                        resampled_shape=new_shape)
+    geometry = Geometry(
+        original_shape=shape,
+        ornt_transform=transform,
+        inverse_ornt=_reorient_transform(meta, inverse=True) if meta.ndim == 3 else None,
+        reoriented_shape=reoriented,
+        resampled_shape=new_shape,
+    )
     return PreprocessedCase(case_id, np.ascontiguousarray(image, dtype=np.float32), label, meta, geometry)
 
 

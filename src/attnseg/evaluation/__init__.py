@@ -2,7 +2,7 @@
 
 Protocols: ``strict`` (default; mm, explicit empty-mask rules), ``transunet`` (TransUNet/medpy convention, voxel
 units), ``isic`` (one pixel-pooled confusion matrix) and ``nnunet`` (nnU-Net v2 summary). See
-:mod:`attnseg.evaluation.metrics` for the definitions and :mod:`attnseg.evaluation.evaluate` for summary.json.
+:mod:`attnseg.metrics` for the definitions and :mod:`attnseg.evaluation.evaluate` for summary.json.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from attnseg.evaluation.evaluate import (
     save_summary,
     summary_table,
 )
-from attnseg.evaluation.metrics import (
+from attnseg.metrics import (
     PROTOCOLS,
     Protocol,
     average_symmetric_surface_distance,

@@ -2,7 +2,7 @@
 
 :func:`evaluate_folders` pairs ``PRED_DIR/CASE.ext`` with ``GT_DIR/CASE.ext``, reads both with
 :func:`attnseg.data.io.read_label`, computes every foreground class of every case with the protocol's per-class
-function (:mod:`attnseg.evaluation.metrics`) in a process pool, and aggregates. :func:`evaluate_arrays` does the same
+function (:mod:`attnseg.metrics`) in a process pool, and aggregates. :func:`evaluate_arrays` does the same
 on arrays already in memory (trainer validation, the demo). The summary dict, written by :func:`save_summary`::
 
     {"protocol": "strict", "protocol_version": "1.0", "protocol_description": ..., "distance_unit": "mm",
@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from attnseg.evaluation.metrics import PROTOCOLS, Protocol, get_protocol
+from attnseg.errors import AttnsegError
+from attnseg.metrics import PROTOCOLS, Protocol, get_protocol
 
 __all__ = [
     "EvaluationError",
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(AttnsegError, ValueError):
     """Evaluation cannot proceed; the message names the case (or folder) and the problem."""
 
 
@@ -121,7 +122,7 @@ def load_labels(
         dataset: a dataset folder holding ``dataset.json`` or the json file itself.
 
     Returns:
-        ``(spec, dataset_json)`` (the parsed dataset.json, or ``{}``).
+        ``(label_spec, dataset_json)`` (the parsed dataset.json, or ``{}``).
     """
     meta: dict[str, Any] = {}
     where = "labels"
@@ -135,7 +136,7 @@ def load_labels(
         except (OSError, json.JSONDecodeError) as exc:
             raise EvaluationError(f"{path}: cannot read dataset.json ({exc})") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("labels"), dict):
-            raise EvaluationError(f"{path}: dataset.json has no \"labels\" object")
+            raise EvaluationError(f'{path}: dataset.json has no "labels" object')
         where = str(path)
     if isinstance(labels, LabelSpec):
         return labels, meta
@@ -172,31 +173,30 @@ def _as_label_map(arr: np.ndarray, case: str, kind: str, threshold: bool) -> np.
 
 
 def _value_boxes(
-    arr: np.ndarray, case: str, kind: str, spec: LabelSpec, check_values: bool
+    arr: np.ndarray, case: str, kind: str, label_spec: LabelSpec, check_values: bool
 ) -> dict[int, tuple[slice, ...]]:
-    """Bounding box of every non-zero value present (one C pass), validating values against ``spec``."""
+    """Bounding box of every non-zero value present (one C pass), validating values against ``label_spec``."""
     if arr.size == 0:
         return {}
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0:
         raise EvaluationError(f"case {case!r}: {kind} holds the negative label value {lo}")
-    if check_values and spec.allowed is not None and hi > max(spec.allowed):
+    if check_values and label_spec.allowed is not None and hi > max(label_spec.allowed):
         raise EvaluationError(
             f"case {case!r}: {kind} holds label value {hi}, which is not in the dataset labels "
-            f"{sorted(spec.allowed)}"
+            f"{sorted(label_spec.allowed)}"
         )
     if hi == 0:
         return {}
     if hi > 4096:  # find_objects allocates a list of length max(value); avoid it for sparse huge ids
-        return {
-            int(v): ndimage.find_objects((arr == v).view(np.uint8))[0] for v in np.unique(arr) if v != 0
-        }
+        return {int(v): ndimage.find_objects((arr == v).view(np.uint8))[0] for v in np.unique(arr) if v != 0}
     boxes = {i + 1: s for i, s in enumerate(ndimage.find_objects(arr)) if s is not None}
-    if check_values and spec.allowed is not None:
-        bad = sorted(set(boxes) - spec.allowed)
+    if check_values and label_spec.allowed is not None:
+        bad = sorted(set(boxes) - label_spec.allowed)
         if bad:
             raise EvaluationError(
-                f"case {case!r}: {kind} holds label value(s) {bad} not in the dataset labels {sorted(spec.allowed)}"
+                f"case {case!r}: {kind} holds label value(s) {bad} not in the dataset labels "
+                f"{sorted(label_spec.allowed)}"
             )
     return boxes
 
@@ -217,12 +217,12 @@ def _evaluate_case(
     pred: np.ndarray,
     gt: np.ndarray,
     spacing: Sequence[float] | None,
-    spec: LabelSpec,
+    label_spec: LabelSpec,
     protocol: Protocol,
 ) -> dict[str, Any]:
     """All foreground classes of one case -> ``{"case", "spacing", "n_voxels", "per_class"}``."""
     # With one foreground class, isic means "label > 0"; other protocols check values against dataset.json.
-    binary = protocol.binarize_foreground and len(spec.classes) <= 1
+    binary = protocol.binarize_foreground and len(label_spec.classes) <= 1
     pred = _as_label_map(pred, case, "prediction", binary)
     gt = _as_label_map(gt, case, "ground truth", binary)
     if pred.shape != gt.shape:
@@ -235,22 +235,22 @@ def _evaluate_case(
     if len(spacing) != gt.ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
         raise EvaluationError(f"case {case!r}: spacing {spacing} does not fit a {gt.ndim}D image")
     n_total = gt.size
-    if spec.ignore is not None:
-        keep = gt != spec.ignore
+    if label_spec.ignore is not None:
+        keep = gt != label_spec.ignore
         if not keep.all():
             n_total = int(np.count_nonzero(keep))
             pred, gt = np.where(keep, pred, 0), np.where(keep, gt, 0)
 
-    pred_boxes = _value_boxes(pred, case, "prediction", spec, check_values=not binary)
-    gt_boxes = _value_boxes(gt, case, "ground truth", spec, check_values=not binary)
+    pred_boxes = _value_boxes(pred, case, "prediction", label_spec, check_values=not binary)
+    gt_boxes = _value_boxes(gt, case, "ground truth", label_spec, check_values=not binary)
     if binary:
         present = tuple(sorted(set(pred_boxes) | set(gt_boxes)))
-        name = spec.classes[0][0] if spec.classes else "label_1"
+        name = label_spec.classes[0][0] if label_spec.classes else "label_1"
         classes: Sequence[tuple[str, tuple[int, ...]]] = [(name, present)]
-    elif spec.inferred:
+    elif label_spec.inferred:
         classes = [(f"label_{v}", (v,)) for v in sorted(set(pred_boxes) | set(gt_boxes))]
     else:
-        classes = spec.classes
+        classes = label_spec.classes
 
     per_class: dict[str, dict[str, float | int]] = {}
     empty = np.zeros((0,) * gt.ndim, dtype=bool)
@@ -267,7 +267,7 @@ def _evaluate_case(
 
 
 def _evaluate_file_pair(
-    case: str, pred_path: str, gt_path: str, spec: LabelSpec, protocol: str | Protocol
+    case: str, pred_path: str, gt_path: str, label_spec: LabelSpec, protocol: str | Protocol
 ) -> tuple[dict[str, Any], list[str]]:
     """Worker: read one pair of label files and evaluate them (in a subprocess, the protocol travels by name)."""
     from attnseg.data.io import read_label
@@ -288,7 +288,7 @@ def _evaluate_file_pair(
             f"case {case!r}: prediction spacing {tuple(pred_meta.spacing)} differs from ground truth "
             f"{tuple(gt_meta.spacing)}; the ground truth's is used"
         )
-    result = _evaluate_case(case, pred, gt, gt_meta.spacing, spec, protocol)
+    result = _evaluate_case(case, pred, gt, gt_meta.spacing, label_spec, protocol)
     result["pred_file"], result["gt_file"] = str(pred_path), str(gt_path)
     return result, warnings
 
@@ -326,22 +326,24 @@ def _counts(results: list[dict[str, Any]], names: Sequence[str], protocol: Proto
             "both_empty": sum(not a and not b for a, b in zip(has_ref, has_pred, strict=True)),
             "missed": sum(a and not b for a, b in zip(has_ref, has_pred, strict=True)),
             "false_positive": sum(b and not a for a, b in zip(has_ref, has_pred, strict=True)),
-            "nan": {k: int(sum(1 for v in vals if isinstance(v[k], float) and math.isnan(v[k])))
-                    for k in protocol.metric_keys},
+            "nan": {
+                k: int(sum(1 for v in vals if isinstance(v[k], float) and math.isnan(v[k])))
+                for k in protocol.metric_keys
+            },
         }
     return {"cases": len(results), "per_class": per_class}
 
 
 def _build_summary(
-    results: list[dict[str, Any]], spec: LabelSpec, protocol: Protocol, warnings: list[str]
+    results: list[dict[str, Any]], label_spec: LabelSpec, protocol: Protocol, warnings: list[str]
 ) -> dict[str, Any]:
     results = sorted(results, key=lambda r: r["case"])
-    if spec.inferred:
+    if label_spec.inferred:
         names = _fill_absent_classes(results, protocol)
         label_map: dict[str, Any] = {n: int(n.split("_")[-1]) for n in names}
     else:
-        names = [n for n, _ in spec.classes]
-        label_map = spec.names()
+        names = [n for n, _ in label_spec.classes]
+        label_map = label_spec.names()
     per_class = {n: protocol.aggregate([r["per_class"][n] for r in results]) for n in names}
     per_case = []
     for r in results:
@@ -392,17 +394,17 @@ def evaluate_arrays(
         EvaluationError: shape mismatch, label value outside ``labels``, duplicate case id, no cases.
     """
     proto = get_protocol(protocol)
-    spec, _ = load_labels(labels)
+    label_spec, _ = load_labels(labels)
     results, seen = [], set()
     for case, pred, gt, spacing in pairs:
         case = str(case)
         if case in seen:
             raise EvaluationError(f"case {case!r} appears twice")
         seen.add(case)
-        results.append(_evaluate_case(case, pred, gt, spacing, spec, proto))
+        results.append(_evaluate_case(case, pred, gt, spacing, label_spec, proto))
     if not results:
         raise EvaluationError("no cases to evaluate")
-    return _build_summary(results, spec, proto, [])
+    return _build_summary(results, label_spec, proto, [])
 
 
 def _files_by_case(folder: Path, file_ending: str) -> dict[str, Path]:
@@ -449,7 +451,7 @@ def evaluate_folders(
         pred_dir: folder of predicted label maps.
         gt_dir: folder of reference label maps (e.g. ``DATASET/labelsTs``).
         dataset_dir: dataset folder (or its dataset.json) giving label names and the file ending.
-        protocol: ``strict`` (default), ``transunet``, ``isic`` or ``nnunet``; see :mod:`attnseg.evaluation.metrics`.
+        protocol: ``strict`` (default), ``transunet``, ``isic`` or ``nnunet``; see :mod:`attnseg.metrics`.
         labels: overrides dataset.json's labels (``{"name": value}`` or a list of values); None = dataset.json, or
             ``label_<k>`` for every value found when there is no dataset.json.
         file_ending: e.g. ``.nii.gz``; default from dataset.json, else the single image ending found in ``gt_dir``.
@@ -468,7 +470,7 @@ def evaluate_folders(
     for name, folder in (("prediction", pred_dir), ("ground-truth", gt_dir)):
         if not folder.is_dir():
             raise EvaluationError(f"{folder}: {name} folder not found")
-    spec, meta = load_labels(labels, dataset_dir)
+    label_spec, meta = load_labels(labels, dataset_dir)
     ending = file_ending or meta.get("file_ending") or _guess_file_ending(gt_dir)
     gts, preds = _files_by_case(gt_dir, ending), _files_by_case(pred_dir, ending)
     if not gts:
@@ -484,7 +486,7 @@ def evaluate_folders(
             f"no ground truth for predicted case(s) {_preview(extra)} (expected CASE{ending} files in {gt_dir})"
         )
 
-    jobs = [(c, str(preds[c]), str(gts[c]), spec) for c in sorted(gts)]
+    jobs = [(c, str(preds[c]), str(gts[c]), label_spec) for c in sorted(gts)]
     if PROTOCOLS.get(proto.name) is not proto:
         num_workers = 1  # workers look the protocol up by name; a custom Protocol object stays in this process
     workers = min(4, os.cpu_count() or 1, len(jobs)) if num_workers is None else min(int(num_workers), len(jobs))
@@ -503,7 +505,7 @@ def evaluate_folders(
                 raise
     results = [r for r, _ in outputs]
     warnings = [w for _, ws in outputs for w in ws]
-    return _build_summary(results, spec, proto, warnings)
+    return _build_summary(results, label_spec, proto, warnings)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -522,9 +524,9 @@ def _jsonable(obj: Any) -> Any:
 
 def save_summary(summary: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``summary`` as strict JSON (NaN -> null), atomically (temporary file, then ``os.replace``)."""
-    from attnseg.data.layout import atomic_write_text
+    from attnseg.io import write_json
 
-    return atomic_write_text(path, json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
+    return write_json(path, _jsonable(summary), allow_nan=False)
 
 
 def _fmt(value: Any) -> str:

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from attnseg.io import atomic_write
+
 __all__ = ["save_overlay", "PALETTE"]
 
 # Distinct colours for labels 1..; label 0 is transparent.
-PALETTE = np.array([
-    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
-    [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [170, 110, 40],
-], dtype=np.float32)
+PALETTE = np.array(
+    [
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+        [0, 128, 128],
+        [170, 110, 40],
+    ],
+    dtype=np.float32,
+)
 
 
 def _to_gray_uint8(image: np.ndarray) -> np.ndarray:
@@ -35,8 +48,9 @@ def _blend(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarr
 def _to_ras(arrays: list[np.ndarray | None], affine: np.ndarray) -> list[np.ndarray | None]:
     import nibabel as nib
 
-    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
-                                           nib.orientations.axcodes2ornt(("R", "A", "S")))
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(("R", "A", "S"))
+    )
     out = []
     for a in arrays:
         if a is None:
@@ -48,8 +62,15 @@ def _to_ras(arrays: list[np.ndarray | None], affine: np.ndarray) -> list[np.ndar
     return out
 
 
-def save_overlay(path: str | Path, image: np.ndarray, prediction: np.ndarray, ground_truth: np.ndarray | None = None,
-                 *, rgb: bool = False, affine: np.ndarray | None = None) -> Path:
+def save_overlay(
+    path: str | Path,
+    image: np.ndarray,
+    prediction: np.ndarray,
+    ground_truth: np.ndarray | None = None,
+    *,
+    rgb: bool = False,
+    affine: np.ndarray | None = None,
+) -> Path:
     """Write ``image | [ground truth |] prediction`` as a PNG.
 
     ``image`` is ``[C, *spatial]``; volumes show the axial slice with the most labelled voxels, in the radiological
@@ -79,14 +100,4 @@ def save_overlay(path: str | Path, image: np.ndarray, prediction: np.ndarray, gr
     panels = [base] + ([_blend(base, gt)] if gt is not None else []) + [_blend(base, pred)]
     gap = np.full((base.shape[0], 4, 3), 255, np.uint8)
     canvas = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(np.ascontiguousarray(canvas)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(np.ascontiguousarray(canvas)).save(tmp, format="PNG"))

@@ -9,7 +9,6 @@ direction. A DICOM series folder is written as NIfTI.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,16 +29,14 @@ from attnseg.data.io import (
     write_image,
 )
 from attnseg.data.preprocess import Plan, preprocess_case, restore_geometry
+from attnseg.errors import AttnsegError
 from attnseg.inference.overlay import save_overlay
 from attnseg.inference.sliding_window import predict_probabilities
+from attnseg.io import atomic_write
 from attnseg.models.registry import create_model
-from attnseg.training.checkpoint import checkpoint_paths, load_weights
+from attnseg.runs import RunDir, RunError
 
 __all__ = ["Predictor", "PredictionInput", "find_inputs", "RunError"]
-
-
-class RunError(ValueError):
-    """A run directory is incomplete or inconsistent; the message names the file."""
 
 
 @dataclass
@@ -104,24 +101,23 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> Predictor:
-        run = Path(run_dir)
-        files = {name: run / name for name in ("model.json", "plan.json")}
-        for _name, p in files.items():
-            if not p.exists():
-                raise RunError(f"{p}: missing; is {run} a run directory written by `attnseg train`?")
-        weights = checkpoint_paths(run, checkpoint)[0]
-        if not weights.exists():
-            hint = " (no validation split: use --checkpoint last)" if checkpoint == "best" else ""
-            raise RunError(f"{weights}: checkpoint {checkpoint!r} not found{hint}")
-        build = json.loads(files["model.json"].read_text())
-        plan = Plan.from_json(files["plan.json"].read_text())
+        run = RunDir(run_dir)
+        build = run.read_model()
+        plan = run.read_plan()
+        run.require_checkpoint(checkpoint)
         model = create_model(build["name"], build["in_channels"], build["num_classes"], **build.get("kwargs", {}))
-        load_weights(model, weights)
+        run.load_weights(model, checkpoint)
         device = torch.device(device)
         model.to(device).eval()
         names = {int(k): v for k, v in build.get("label_names", {}).items()}
-        return cls(model=model, plan=plan, spatial_dims=int(build.get("spatial_dims", plan.spatial_dims)),
-                   slab=int(build.get("slab_size", 1)), label_names=names, device=device)
+        return cls(
+            model=model,
+            plan=plan,
+            spatial_dims=int(build.get("spatial_dims", plan.spatial_dims)),
+            slab=int(build.get("slab_size", 1)),
+            label_names=names,
+            device=device,
+        )
 
     @property
     def files_per_case(self) -> int:
@@ -142,8 +138,9 @@ class Predictor:
             if expected == 1 and image.shape[0] == 3 and meta.rgb:  # gray model, colour file
                 image = image.mean(0, keepdims=True)
             else:
-                raise ImageReadError(item.paths[0], f"has {image.shape[0]} channel(s); the model was trained on "
-                                                    f"{expected}")
+                raise ImageReadError(
+                    item.paths[0], f"has {image.shape[0]} channel(s); the model was trained on {expected}"
+                )
         if meta.ndim == 3 and not self.plan.data_is_3d:
             raise ImageReadError(item.paths[0], "is a volume but the model was trained on 2D images")
         return image, meta
@@ -151,14 +148,28 @@ class Predictor:
     def predict_case(self, image: np.ndarray, meta: ImageMeta, *, tta: bool = False) -> np.ndarray:
         """Class probabilities ``[classes, *spatial]`` on the original grid of ``image`` ``[C, *spatial]``."""
         case = preprocess_case("case", image, None, meta, self.plan)
-        probs = predict_probabilities(self.model, case.image, spatial_dims=self.spatial_dims,
-                                      input_size=self.plan.input_size, geometry=self.plan.geometry, slab=self.slab,
-                                      batch_size=self.batch_size, tta=tta, device=self.device)
+        probs = predict_probabilities(
+            self.model,
+            case.image,
+            spatial_dims=self.spatial_dims,
+            input_size=self.plan.input_size,
+            geometry=self.plan.geometry,
+            slab=self.slab,
+            batch_size=self.batch_size,
+            tta=tta,
+            device=self.device,
+        )
         return restore_geometry(probs, case.geometry, is_label=False)
 
     def predict_inputs(
-        self, items: Sequence[PredictionInput], output_dir: str | Path, *, tta: bool = False, overlay: bool = False,
-        probabilities: bool = False, on_done: Callable[[PredictionInput, Exception | None], None] | None = None,
+        self,
+        items: Sequence[PredictionInput],
+        output_dir: str | Path,
+        *,
+        tta: bool = False,
+        overlay: bool = False,
+        probabilities: bool = False,
+        on_done: Callable[[PredictionInput, Exception | None], None] | None = None,
     ) -> dict[str, str]:
         """Predict each input into ``output_dir``; returns ``{case: error message}`` for inputs that failed."""
         out = Path(output_dir)
@@ -174,31 +185,19 @@ class Predictor:
                     suffix = ".png"  # masks must be lossless
                 write_image(labels, meta, out / f"{item.case_id}{suffix}")
                 if probabilities:
-                    _save_npz(out / f"{item.case_id}_probabilities.npz", probs.astype(np.float16))
+                    half = probs.astype(np.float16)
+                    atomic_write(
+                        out / f"{item.case_id}_probabilities.npz",
+                        lambda tmp, half=half: np.savez_compressed(tmp, probabilities=half),
+                    )
                 if overlay:
                     # in a subfolder, so a PNG dataset's prediction folder holds only masks (evaluate reads it)
-                    save_overlay(out / "overlays" / f"{item.case_id}.png", image, labels, rgb=meta.rgb,
-                                 affine=meta.affine)
-            except (ImageReadError, ValueError, RuntimeError, OSError) as exc:
+                    save_overlay(
+                        out / "overlays" / f"{item.case_id}.png", image, labels, rgb=meta.rgb, affine=meta.affine
+                    )
+            except (AttnsegError, OSError) as exc:  # the case's own problem; anything else is a bug
                 error = exc
                 failures[item.case_id] = str(exc)
             if on_done is not None:
                 on_done(item, error)
         return failures
-
-
-def _save_npz(path: Path, probabilities: np.ndarray) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, probabilities=probabilities)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-

@@ -32,8 +32,16 @@ def _flips(spatial_dims: int, tta: bool) -> list[tuple[int, ...]]:
 
 
 @torch.no_grad()
-def _run_2d(model: nn.Module, batch: torch.Tensor, input_size: Sequence[int], geometry: str, slab: int,
-            channels: int, tta: bool, autocast: bool) -> torch.Tensor:
+def _run_2d(
+    model: nn.Module,
+    batch: torch.Tensor,
+    input_size: Sequence[int],
+    geometry: str,
+    slab: int,
+    channels: int,
+    tta: bool,
+    autocast: bool,
+) -> torch.Tensor:
     """``batch``: ``[N, C*K, H, W]`` slices (slabs folded into channels) -> probabilities ``[N, classes, H, W]``."""
     from monai.inferers import sliding_window_inference
 
@@ -53,8 +61,16 @@ def _run_2d(model: nn.Module, batch: torch.Tensor, input_size: Sequence[int], ge
             return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
         if (h, w) == size:
             return net(x)
-        return sliding_window_inference(x, size, sw_batch_size=max(1, x.shape[0]), predictor=net, overlap=0.5,
-                                        mode="gaussian", padding_mode="constant", cval=float(x.min()))
+        return sliding_window_inference(
+            x,
+            size,
+            sw_batch_size=max(1, x.shape[0]),
+            predictor=net,
+            overlap=0.5,
+            mode="gaussian",
+            padding_mode="constant",
+            cval=float(x.min()),
+        )
 
     total = None
     for dims in _flips(2, tta):
@@ -66,9 +82,19 @@ def _run_2d(model: nn.Module, batch: torch.Tensor, input_size: Sequence[int], ge
 
 
 @torch.no_grad()
-def predict_probabilities(model: nn.Module, image: np.ndarray, *, spatial_dims: int, input_size: Sequence[int],
-                          geometry: str = "spacing", slab: int = 1, batch_size: int = 8, tta: bool = False,
-                          device: torch.device | str = "cpu", autocast: bool = False) -> np.ndarray:
+def predict_probabilities(
+    model: nn.Module,
+    image: np.ndarray,
+    *,
+    spatial_dims: int,
+    input_size: Sequence[int],
+    geometry: str = "spacing",
+    slab: int = 1,
+    batch_size: int = 8,
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    autocast: bool = False,
+) -> np.ndarray:
     """Class probabilities ``[classes, *spatial]`` for a preprocessed case ``image`` ``[C, *spatial]``.
 
     A 2D model on a volume ``[C, X, Y, Z]`` runs on the slices along the last axis, ``batch_size`` at a time (with
@@ -92,8 +118,9 @@ def predict_probabilities(model: nn.Module, image: np.ndarray, *, spatial_dims: 
         flips = [(), (2,), (3,), (2, 3)] if tta else [()]
         for dims in flips:
             v = torch.flip(vol, dims) if dims else vol
-            logits = sliding_window_inference(v, tuple(input_size), sw_batch_size=1, predictor=net, overlap=0.5,
-                                              mode="gaussian", cval=float(v.min()))
+            logits = sliding_window_inference(
+                v, tuple(input_size), sw_batch_size=1, predictor=net, overlap=0.5, mode="gaussian", cval=float(v.min())
+            )
             p = logits_to_probabilities(logits)
             p = torch.flip(p, dims) if dims else p
             total = p if total is None else total + p

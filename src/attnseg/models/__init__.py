@@ -3,7 +3,8 @@
 Finding a module of a paper: ``malunet.py`` (MALUNet: DGA, IEA, CAB, SAB), ``mdsa_unet.py`` (MDSA-UNet: MDSA, EDM,
 EUF), ``msa2net.py`` (MSA2Net: MASAG, decoder stages), ``salstm.py`` (SALSTM/LSTMSA heads), ``mtunet.py`` (MT-UNet,
 the SALSTM release's backbone), ``denseunet.py`` + ``joint_attention.py`` (Joint Attention DenseUNet), ``unet.py``
-(MONAI baselines). Shared blocks live in ``layers.py``.
+(MONAI baselines). Blocks shared by several of them (conv-BN-ReLU, CBAM channel pooling, input-size checks,
+fan-out init) live in :mod:`attnseg.layers`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """DenseUNet (2D DenseUNet-167) and Joint Attention DenseUNet.
 
 Paper: Mo Zhang, Bin Dong, Quanzheng Li, "Joint Attention for Medical Image Segmentation", IEEE ISBI 2022, pp. 1-5,
-DOI 10.1109/ISBI52829.2022.9761624. No official code or full text exists; see ``specs/joint_attention.md``.
+DOI 10.1109/ISBI52829.2022.9761624. No official code or full text exists; see docs/models/joint_attention.md.
 
 Backbone: the first author's own TensorFlow DenseUNet in github.com/moliqingcha/DACN @ a4f54bd (``denseunet.py``,
 ``ops.py``; DACN, MICCAI 2020, same authors), an H-DenseUNet-style 2D DenseUNet-167 (Li et al., TMI 2018). Layers
@@ -11,8 +11,9 @@ blocks of 6/12/36/24 layers (growth 48, each layer CBR 1x1 -> 192, CBR 3x3 -> 48
 + 3x3 avg-pool stride 2 -> CBR 1x1 -> 2112 at 8² -> five decoder stages of bilinear x2 (align_corners), addition of
 the skip (block3, block2, block1, stem, none) and CBR 3x3 (768, 384, 96, 96, 64) -> 1x1 classifier.
 
-Joint Attention DenseUNet (reconstruction, spec A3b): one attention module from ``joint_attention.py`` on the
-bottleneck (after the 1x1 -> 2112, before up1), or after any decoder stage via ``attention_positions``.
+Joint Attention DenseUNet (reconstruction, docs/models/joint_attention.md, A3b): one attention module from
+``joint_attention.py`` on the bottleneck (after the 1x1 -> 2112, before up1), or after any decoder stage via
+``attention_positions``.
 
 Deviations from the author's TF code, none of which matter for training from scratch (no weights were released):
 
@@ -31,21 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnseg.layers import ConvBNAct, check_divisible, to_pair
 from attnseg.models.joint_attention import ATTENTION_KINDS, build_attention
 from attnseg.models.registry import register_model
 
-__all__ = ["ConvBNReLU", "DenseLayer", "DenseBlock", "TransitionLayer", "UpStage", "DenseUNet"]
+__all__ = ["DenseLayer", "DenseBlock", "TransitionLayer", "UpStage", "DenseUNet"]
 
-
-class ConvBNReLU(nn.Sequential):
-    """The author's ``ops.conv2d`` default ("CBR"): bias-free conv, BN (momentum 0.1 = TF decay 0.9), ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(out_channels, eps=1e-5, momentum=0.1),
-            nn.ReLU(inplace=True),
-        )
+# Every "CBR" below is the author's ``ops.conv2d`` default: bias-free conv, BN (momentum 0.1 = TF decay 0.9), ReLU,
+# i.e. ``attnseg.layers.ConvBNAct``.
 
 
 class DenseLayer(nn.Module):
@@ -53,8 +47,8 @@ class DenseLayer(nn.Module):
 
     def __init__(self, in_channels: int, growth_rate: int, bn_size: int) -> None:
         super().__init__()
-        self.bottleneck = ConvBNReLU(in_channels, bn_size * growth_rate, 1)
-        self.conv = ConvBNReLU(bn_size * growth_rate, growth_rate, 3)
+        self.bottleneck = ConvBNAct(in_channels, bn_size * growth_rate, 1)
+        self.conv = ConvBNAct(bn_size * growth_rate, growth_rate, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, self.conv(self.bottleneck(x))], dim=1)  # (B, C + growth, H, W)
@@ -73,7 +67,7 @@ class TransitionLayer(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
-            ConvBNReLU(in_channels, out_channels, 1), nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+            ConvBNAct(in_channels, out_channels, 1), nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
         )
 
 
@@ -82,11 +76,11 @@ class UpStage(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = ConvBNReLU(in_channels, out_channels, 3)
+        self.conv = ConvBNAct(in_channels, out_channels, 3)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
-        return self.conv(x if skip is None else x + skip)  # additive skip (spec Sec. 2 table)
+        return self.conv(x if skip is None else x + skip)  # additive skip (docs/models/joint_attention.md §2 table)
 
 
 class DenseUNet(nn.Module):
@@ -106,8 +100,8 @@ class DenseUNet(nn.Module):
         attention: ``"joint"``, ``"point"``, ``"self"`` or ``"none"`` (see ``joint_attention.py``). Defaults to none.
         attention_positions: where to insert it: ``"bottleneck"`` and/or ``"up1"`` ... ``"up<n>"`` (after that
             decoder stage; n = number of blocks). Defaults to ("bottleneck",).
-        attention_channels: inner width d of the attention, capped at C // 2 (A4: 256 at the 2112-ch bottleneck).
-            Defaults to 256.
+        attention_channels: inner width d of the attention, capped at C // 2 (docs/models/joint_attention.md,
+            A4: 256 at the 2112-ch bottleneck). Defaults to 256.
         input_size: (H, W) the point-wise maps are sized for: (2h-1)x(2w-1) for the h x w feature map at each
             position (other sizes still run). Defaults to 256.
         attention_kwargs: extra options for the attention class (e.g. ``{"distribute": True}``, ``{"fusion":
@@ -139,9 +133,15 @@ class DenseUNet(nn.Module):
     ) -> None:
         super().__init__()
         block_layers = tuple(int(n) for n in block_layers)
-        for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("growth_rate", growth_rate),
-                            ("stem_channels", stem_channels), ("bn_size", bn_size), ("head_channels", head_channels),
-                            ("attention_channels", attention_channels)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("num_classes", num_classes),
+            ("growth_rate", growth_rate),
+            ("stem_channels", stem_channels),
+            ("bn_size", bn_size),
+            ("head_channels", head_channels),
+            ("attention_channels", attention_channels),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not block_layers or min(block_layers) < 1:
@@ -152,19 +152,23 @@ class DenseUNet(nn.Module):
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
         n = len(block_layers)
         self.input_divisor = 2 ** (n + 1)  # stride-2 stem, max-pool, n - 1 transitions
+        self._divisor_reason = f"input_divisor={self.input_divisor}: stride-2 stem, max-pool and {n - 1} transitions"
         positions = (attention_positions,) if isinstance(attention_positions, str) else tuple(attention_positions)
         valid_positions = ("bottleneck", *(f"up{k}" for k in range(1, n + 1)))
         if attention != "none" and (not positions or any(p not in valid_positions for p in positions)):
             raise ValueError(f"attention_positions must be a non-empty subset of {valid_positions}, got {positions}")
-        size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
-        if len(size) != 2 or any(s < self.input_divisor or s % self.input_divisor for s in size):
-            raise ValueError(f"input_size must be 2D with sides multiples of {self.input_divisor}, got {input_size}")
+        size = to_pair(input_size, name="input_size")
+        check_divisible(size, self.input_divisor, what="input_size", why=self._divisor_reason, fix="use")
 
-        # Encoder (spec Sec. 2 table): stem -> max-pool -> [dense block -> transition] x (n-1) -> block n -> 1x1
+        # Encoder (docs/models/joint_attention.md §2 table):
+        # stem -> max-pool -> [dense block -> transition] x (n-1) -> block n -> 1x1
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, stem_channels, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(stem_channels, stem_channels, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(stem_channels, stem_channels, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, stem_channels, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(stem_channels, stem_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(stem_channels, stem_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
         )
         self.pool = nn.MaxPool2d(3, stride=2, padding=1)
         skip_channels = [stem_channels]
@@ -180,7 +184,7 @@ class DenseUNet(nn.Module):
                 channels_out = max(1, int(channels * compression))
                 self.transitions.append(TransitionLayer(channels, channels_out))
                 channels = channels_out
-        self.bottleneck = ConvBNReLU(channels, skip_channels[-1], 1)  # widen to the deepest skip for the addition
+        self.bottleneck = ConvBNAct(channels, skip_channels[-1], 1)  # widen to the deepest skip for the addition
 
         # Decoder: stage k adds skip n-k and narrows to the next skip's width; the last stage has no skip
         self.decoder = nn.ModuleList(
@@ -220,14 +224,7 @@ class DenseUNet(nn.Module):
                 m.reset_residual()
 
     def validate_input_size(self, spatial: tuple[int, ...]) -> None:
-        if len(spatial) != 2:
-            raise ValueError(f"DenseUNet is 2D but got a {len(spatial)}D input size {tuple(spatial)}")
-        if any(s < self.input_divisor or s % self.input_divisor for s in spatial):
-            padded = tuple(-(-s // self.input_divisor) * self.input_divisor for s in spatial)
-            raise ValueError(
-                f"input sides must be multiples of input_divisor={self.input_divisor}, got {tuple(spatial)}; "
-                f"pad or resize to {padded}"
-            )
+        check_divisible(spatial, self.input_divisor, what="DenseUNet input", why=self._divisor_reason, ndim=2)
 
     def _attend(self, position: str, x: torch.Tensor) -> torch.Tensor:
         return self.attention[position](x) if position in self.attention else x
@@ -248,7 +245,7 @@ class DenseUNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.validate_input_size(tuple(x.shape[2:]))
         *skips, x = self.forward_encoder(x)
-        x = self._attend("bottleneck", x)  # spec A3b: attention on the bottleneck by default
+        x = self._attend("bottleneck", x)  # docs/models/joint_attention.md, A3b: attention on the bottleneck by default
         for k, stage in enumerate(self.decoder):
             x = self._attend(f"up{k + 1}", stage(x, skips[-1 - k]))
         return self.head_stage(x)  # (B, head_channels, H, W)
@@ -263,12 +260,24 @@ class DenseUNet(nn.Module):
 _PAPER = "Zhang, Dong, Li, Joint Attention for Medical Image Segmentation, ISBI 2022 (reconstruction; no code)"
 # CPU-friendly widths for tests, demos and ablations (about 60 k parameters, 0.06 % of the default).
 SMALL_KWARGS: dict[str, Any] = {
-    "growth_rate": 8, "block_layers": (2, 2, 2, 2), "stem_channels": 16, "head_channels": 16
+    "growth_rate": 8,
+    "block_layers": (2, 2, 2, 2),
+    "stem_channels": 16,
+    "head_channels": 16,
 }
 
 
-@register_model("denseunet", paper=_PAPER, official_repo="moliqingcha/DACN", input_divisor=32,
-                default_input_size=(256, 256))
+@register_model(
+    "denseunet",
+    paper=_PAPER,
+    official_repo="moliqingcha/DACN",
+    input_divisor=32,
+    default_input_size=(256, 256),
+    onnx_export=True,
+    torch_compile=True,
+    test_kwargs=SMALL_KWARGS,
+    test_input_size=(64, 64),
+)
 def denseunet(in_channels: int, num_classes: int, **kwargs: Any) -> DenseUNet:
     """2D DenseUNet-167 of the author's code; width/depth kwargs as in :class:`DenseUNet` (no attention)."""
     if kwargs.get("attention", "none") != "none":
@@ -276,19 +285,37 @@ def denseunet(in_channels: int, num_classes: int, **kwargs: Any) -> DenseUNet:
     return DenseUNet(in_channels, num_classes, **kwargs)
 
 
-@register_model("ja_denseunet", paper=_PAPER, input_divisor=32, default_input_size=(256, 256))
+@register_model(
+    "ja_denseunet",
+    paper=_PAPER,
+    input_divisor=32,
+    default_input_size=(256, 256),
+    onnx_export=True,
+    torch_compile=True,
+    test_kwargs={**SMALL_KWARGS, "input_size": 64},
+    test_input_size=(64, 64),
+)
 def ja_denseunet(in_channels: int, num_classes: int, attention: str = "joint", **kwargs: Any) -> DenseUNet:
     """Joint Attention DenseUNet; ``attention="joint"|"point"|"self"|"none"`` is the paper's ablation."""
     return DenseUNet(in_channels, num_classes, attention=attention, **kwargs)
 
 
-@register_model("denseunet_small", paper=_PAPER, input_divisor=32, default_input_size=(64, 64))
+@register_model(
+    "denseunet_small", paper=_PAPER, input_divisor=32, default_input_size=(64, 64), onnx_export=True, torch_compile=True
+)
 def denseunet_small(in_channels: int, num_classes: int, **kwargs: Any) -> DenseUNet:
     """Small DenseUNet for CPU (``SMALL_KWARGS``, any of which may be overridden)."""
     return denseunet(in_channels, num_classes, **{**SMALL_KWARGS, **kwargs})
 
 
-@register_model("ja_denseunet_small", paper=_PAPER, input_divisor=32, default_input_size=(64, 64))
+@register_model(
+    "ja_denseunet_small",
+    paper=_PAPER,
+    input_divisor=32,
+    default_input_size=(64, 64),
+    onnx_export=True,
+    torch_compile=True,
+)
 def ja_denseunet_small(in_channels: int, num_classes: int, attention: str = "joint", **kwargs: Any) -> DenseUNet:
     """Small Joint Attention DenseUNet for CPU; point-wise maps sized for 64x64 inputs unless ``input_size`` is set."""
     return ja_denseunet(in_channels, num_classes, attention, **{**SMALL_KWARGS, "input_size": 64, **kwargs})

@@ -2,8 +2,8 @@
 
 Paper: Mo Zhang, Bin Dong, Quanzheng Li, "Joint Attention for Medical Image Segmentation", IEEE ISBI 2022, pp. 1-5,
 DOI 10.1109/ISBI52829.2022.9761624. **No official code and no full text are available**: only the abstract is known.
-Everything here follows the project's reconstruction (``specs/joint_attention.md``); its labelled assumptions
-(A1-A6) are cited where they are used. The component mechanisms are exact:
+Everything here follows the project's reconstruction, docs/models/joint_attention.md; its labelled assumptions
+(A1-A6 of that page) are cited where they are used. The component mechanisms are exact:
 
 - non-local block, embedded Gaussian: Wang, Girshick, Gupta, He, "Non-local Neural Networks", CVPR 2018,
   arXiv 1711.07971;
@@ -12,7 +12,8 @@ Everything here follows the project's reconstruction (``specs/joint_attention.md
 - term decomposition: Zhu, Cheng, Zhang, Lin, Dai, "An Empirical Study of Spatial Attention Mechanisms in Deep
   Networks", ICCV 2019, arXiv 1904.05873.
 
-Unified formula (A1). For query (output) position i, key position j and offset Δij = pos(j) - pos(i)::
+Unified formula (docs/models/joint_attention.md, A1). For query (output) position i, key position j and offset
+Δij = pos(j) - pos(i)::
 
     s(i, j) = τ θ(x_i)ᵀ φ(x_j)  +  C(x_i)[Δij]  +  D(x_j)[-Δij]        content, collect, distribute terms
     A(i, j) = softmax_j s(i, j),    y_i = Σ_j A(i, j) g(x_j),    z = x + BN₀(W_z y)
@@ -25,8 +26,10 @@ mechanism             active terms                normalisation
 ====================  ==========================  ===============================================
 non-local (self)      content, τ = 1              one softmax
 PSANet (point)        collect (and distribute)    one softmax per term, outputs concatenated
-joint (default, A2)   content + collect, τ=1/√d   one softmax over the summed logits
+joint (default)       content + collect, τ=1/√d   one softmax over the summed logits
 ====================  ==========================  ===============================================
+
+The joint row is the reconstruction's default, assumption A2 (docs/models/joint_attention.md, A2).
 
 Deviations from PSANet's own head, so that the settings differ only in the attention map: values come from a 1x1
 conv ``g`` (PSANet reuses its reduced features), the output is the non-local residual ``x + BN₀(W_z y)`` with BN₀
@@ -42,6 +45,8 @@ from functools import lru_cache
 
 import torch
 from torch import nn
+
+from attnseg.layers import ConvBNAct, channel_pool, conv_bn_act, to_pair
 
 __all__ = [
     "ATTENTION_KINDS",
@@ -62,10 +67,7 @@ FUSIONS = ("logit", "parallel", "mix")
 
 
 def _pair_odd(mask_size: int | tuple[int, int]) -> tuple[int, int]:
-    size = (mask_size, mask_size) if isinstance(mask_size, int) else tuple(int(s) for s in mask_size)
-    if len(size) != 2 or any(s < 1 or s % 2 == 0 for s in size):
-        raise ValueError(f"mask_size must be one or two odd ints >= 1 (2*side-1 of the feature map), got {mask_size}")
-    return size  # type: ignore[return-value]
+    return to_pair(mask_size, name="mask_size (2*side-1 of the feature map)", odd=True)
 
 
 @lru_cache(maxsize=64)
@@ -139,13 +141,9 @@ class PointwiseMapHead(nn.Module):
     def __init__(self, channels: int, inner_channels: int, mask_size: int | tuple[int, int]) -> None:
         super().__init__()
         self.mask_size = _pair_odd(mask_size)
-        self.reduce = nn.Sequential(
-            nn.Conv2d(channels, inner_channels, 1, bias=False), nn.BatchNorm2d(inner_channels), nn.ReLU(inplace=True)
-        )
+        self.reduce = ConvBNAct(channels, inner_channels, 1)
         self.attention = nn.Sequential(
-            nn.Conv2d(inner_channels, inner_channels, 1, bias=False),
-            nn.BatchNorm2d(inner_channels),
-            nn.ReLU(inplace=True),
+            *conv_bn_act(inner_channels, inner_channels, 1),
             nn.Conv2d(inner_channels, self.mask_size[0] * self.mask_size[1], 1, bias=False),
         )
 
@@ -157,7 +155,8 @@ class PointwiseMapHead(nn.Module):
 class SpatialGate(nn.Module):
     """CBAM's spatial gate σ(BN(conv7x7([max_c x; mean_c x]))) (Woo et al., ECCV 2018): a per-pixel weight in (0, 1).
 
-    Used only by the A6 reading of "point-wise attention" as a multiplicative per-pixel gate.
+    Used only by the A6 reading (docs/models/joint_attention.md, A6) of "point-wise attention" as a multiplicative
+    per-pixel gate.
     """
 
     def __init__(self, kernel_size: int = 7) -> None:
@@ -166,7 +165,7 @@ class SpatialGate(nn.Module):
         self.norm = nn.BatchNorm2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)  # (B, 2, H, W)
+        pooled = channel_pool(x, order=("max", "mean"))  # (B, 2, H, W), CBAM's order
         return torch.sigmoid(self.norm(self.conv(pooled)))  # (B, 1, H, W)
 
 
@@ -176,11 +175,13 @@ class UnifiedSpatialAttention(nn.Module):
     s(i, j) = τ θ(x_i)ᵀφ(x_j) + C(x_i)[Δij] + D(x_j)[-Δij];  y_i = Σ_j softmax_j(s)(i, j) g(x_j);
     z = x + BN₀(W_z y) with BN₀'s scale and shift initialised to 0, so the block starts as the identity.
 
-    Fusions of the active terms (the paper's choice is unknown; ``"logit"`` is assumption A2, the others A5):
+    Fusions of the active terms (the paper's choice is unknown; ``"logit"`` is assumption A2, the others A5;
+    docs/models/joint_attention.md, A2 and A5):
     ``"logit"`` one softmax over the summed logits (adding logits multiplies the exp-weights); ``"parallel"`` one
     softmax and one value projection per term, outputs concatenated before W_z (PSANet's bi-directional layout,
     JA-parallel); ``"mix"`` A = σ(λ) softmax(content) + (1 - σ(λ)) softmax(collect + distribute), λ learnable,
-    initialised to 0 (JA-mix). ``spatial_gate`` multiplies y by a CBAM spatial gate (A6).
+    initialised to 0 (JA-mix). ``spatial_gate`` multiplies y by a CBAM spatial gate
+    (docs/models/joint_attention.md, A6).
 
     Args:
         channels: input and output channels C.
@@ -191,8 +192,9 @@ class UnifiedSpatialAttention(nn.Module):
         mask_size: odd (mask_h, mask_w) of the collect/distribute maps; (2h-1, 2w-1) covers every offset of an
             h x w feature map; other sizes still run (offsets outside the map get logit 0). Defaults to 15 (8x8).
         fusion: ``"logit"``, ``"parallel"`` or ``"mix"``. Defaults to ``"logit"``.
-        scale_content: τ = 1/√d if True (A4, Transformer-style), else τ = 1 (the non-local block). Defaults to True.
-        spatial_gate: multiply y by a CBAM spatial gate of x (A6). Defaults to False.
+        scale_content: τ = 1/√d if True (docs/models/joint_attention.md, A4; Transformer-style), else τ = 1 (the
+            non-local block). Defaults to True.
+        spatial_gate: multiply y by a CBAM spatial gate of x (docs/models/joint_attention.md, A6). Defaults to False.
 
     Example:
         >>> attn = UnifiedSpatialAttention(64, 32, content=True, collect=True, mask_size=15)
@@ -321,17 +323,25 @@ class PointwiseSpatialAttention(UnifiedSpatialAttention):
         distribute: bool = False,
     ) -> None:
         super().__init__(
-            channels, inner_channels, content=False, collect=True, distribute=distribute, mask_size=mask_size,
+            channels,
+            inner_channels,
+            content=False,
+            collect=True,
+            distribute=distribute,
+            mask_size=mask_size,
             fusion="parallel",
         )
 
 
 class JointAttention(UnifiedSpatialAttention):
-    """Joint attention (reconstruction, A2): content and point-wise positional logits in one softmax.
+    """Joint attention (reconstruction, docs/models/joint_attention.md, A2): content and point-wise positional logits
+    in one softmax.
 
-    s(i, j) = θ(x_i)ᵀφ(x_j)/√d + C(x_i)[Δij] (+ D(x_j)[-Δij] if ``distribute``, A3); z = x + BN₀(W_z softmax_j(s) g).
+    s(i, j) = θ(x_i)ᵀφ(x_j)/√d + C(x_i)[Δij] (+ D(x_j)[-Δij] if ``distribute``, docs/models/joint_attention.md, A3);
+    z = x + BN₀(W_z softmax_j(s) g).
     All of it is reconstructed: the paper's equation is unknown. Alternatives: ``fusion="parallel"`` or ``"mix"``
-    (A5), ``pointwise="gate"`` (A6: self-attention output times a CBAM per-pixel gate instead of PSANet maps).
+    (docs/models/joint_attention.md, A5), ``pointwise="gate"`` (docs/models/joint_attention.md, A6: self-attention
+    output times a CBAM per-pixel gate instead of PSANet maps).
 
     Args:
         channels: input and output channels C.
@@ -340,7 +350,7 @@ class JointAttention(UnifiedSpatialAttention):
         distribute: also add PSANet's distribute term. Defaults to False.
         fusion: ``"logit"`` (default), ``"parallel"`` or ``"mix"``.
         pointwise: ``"psa"`` (default) or ``"gate"``.
-        scale_content: τ = 1/√d (A4). Defaults to True.
+        scale_content: τ = 1/√d (docs/models/joint_attention.md, A4). Defaults to True.
     """
 
     def __init__(
@@ -358,8 +368,15 @@ class JointAttention(UnifiedSpatialAttention):
             raise ValueError(f"pointwise must be 'psa' or 'gate', got {pointwise!r}")
         psa = pointwise == "psa"
         super().__init__(
-            channels, inner_channels, content=True, collect=psa, distribute=psa and distribute, mask_size=mask_size,
-            fusion=fusion if psa else "logit", scale_content=scale_content, spatial_gate=not psa,
+            channels,
+            inner_channels,
+            content=True,
+            collect=psa,
+            distribute=psa and distribute,
+            mask_size=mask_size,
+            fusion=fusion if psa else "logit",
+            scale_content=scale_content,
+            spatial_gate=not psa,
         )
 
 

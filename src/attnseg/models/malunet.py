@@ -4,7 +4,7 @@ Paper: J. Ruan, S. Xiang, M. Xie, T. Liu, Y. Fu, "MALUNet: A Multi-Attention and
 Segmentation", IEEE BIBM 2022, pp. 1150-1156, DOI 10.1109/BIBM55620.2022.9995040, arXiv:2211.01784.
 
 Official code: https://github.com/JCruan519/MALUNet (``models/malunet.py``, class ``MALUNet``), read at commit
-``e184b47de99b3fda6b7880fcf3ff99b806308d2b``; this file was written from the project's specification of that code
+``e184b47de99b3fda6b7880fcf3ff99b806308d2b``; this file follows the description of that code in docs/models/malunet.md
 (no official code is copied). Official weights were never published; :func:`from_official` loads checkpoints trained
 with the official code (``attnseg.models.from_official("models.malunet.MALUNet", state_dict)``).
 
@@ -29,7 +29,7 @@ Deviations from the official code (none changes the function computed with given
   unties them (the authors trained on GPU, i.e. independent memories). Ours are always two parameters, initialised
   as in the untied official model: M_k ~ N(0, 2/C), M_v = a copy of M_k^T. The loader accepts both tied and untied
   checkpoints (a tied one simply has M_v = M_k^T), and one that stores only one of the two (see ``from_official``).
-- Kept for fidelity (flagged in the spec as probably unintended, B7): the bridge returns
+- Kept for fidelity (flagged as probably unintended in docs/models/malunet.md, B7): the bridge returns
   ``c * (x + s * x) + s * x``, adding the SAB product, not the raw skip, as the last residual.
 
 Input sides must be multiples of 32 (five 2x poolings, fixed 2x upsamplings then additions); other sizes raise a
@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,13 +49,19 @@ import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from attnseg.layers import channel_pool, check_divisible, init_conv_fan_out_
 from attnseg.models.official import load_mapped, register_official
 from attnseg.models.registry import register_model
 
 __all__ = [
     "DepthwiseSeparableConv",
     "GatedAttentionUnit",
+    "DGA",
+    "IEA",
+    "SAB",
+    "CAB",
     "DilatedGatedAttention",
     "InvertedExternalAttention",
     "SpatialAttentionBridge",
@@ -64,8 +71,8 @@ __all__ = [
     "malunet",
 ]
 
-_GROUPS = 4  # every GroupNorm of the model has 4 groups (spec §1)
-_DILATIONS = (7, 5, 2, 1)  # DGA's four channel chunks, in channel order (spec §2.2)
+_GROUPS = 4  # every GroupNorm of the model has 4 groups (docs/models/malunet.md §1)
+_DILATIONS = (7, 5, 2, 1)  # DGA's four channel chunks, in channel order (docs/models/malunet.md §2.2)
 
 
 def _gn(channels: int) -> nn.GroupNorm:
@@ -88,7 +95,7 @@ class DepthwiseSeparableConv(nn.Module):
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # spec §2.1: DW conv -> GN -> PW conv
+        # docs/models/malunet.md §2.1: DW conv -> GN -> PW conv
         return self.pointwise(self.norm(self.depthwise(x)))
 
 
@@ -108,13 +115,16 @@ class GatedAttentionUnit(nn.Module):
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        # spec §2.2 step 2 (paper: gated attention of DGA): gate * value, projected, plus a 1x1 shortcut of z
+        # docs/models/malunet.md §2.2 step 2 (paper: gated attention of DGA): gate * value, projected, plus a 1x1
+        # shortcut of z
         gated = torch.sigmoid(self.gate(z)) * F.gelu(self.value(z))
         return F.gelu(self.output(gated)) + self.shortcut(z)
 
 
-class DilatedGatedAttention(nn.Module):
-    """DGA: four channel chunks through depthwise 3x3 convs with dilations 7/5/2/1, then a gated attention unit.
+class DGA(nn.Module):
+    """DGA, MALUNet's Dilated Gated Attention.
+
+    Four channel chunks through depthwise 3x3 convs with dilations 7/5/2/1, then a gated attention unit.
 
     Args:
         in_channels: input channels (divisible by 4).
@@ -134,15 +144,18 @@ class DilatedGatedAttention(nn.Module):
         self.gau = GatedAttentionUnit(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # spec §2.2 step 1 (paper: DGA's multi-dilation part): [B, C, H, W] -> 4 x [B, C/4, H, W] -> [B, C, H, W]
+        # docs/models/malunet.md §2.2 step 1 (paper: DGA's multi-dilation part):
+        # [B, C, H, W] -> 4 x [B, C/4, H, W] -> [B, C, H, W]
         chunks = torch.chunk(x, 4, dim=1)
         x = torch.cat([conv(c) for conv, c in zip(self.dilated, chunks)], dim=1)
         z = F.gelu(self.proj(self.norm(x)))
         return self.gau(z)
 
 
-class InvertedExternalAttention(nn.Module):
-    """IEA: external attention with memory size 4C, double normalisation, GroupNorm and a final GELU.
+class IEA(nn.Module):
+    """IEA, MALUNet's Inverted External Attention.
+
+    External attention with memory size 4C, double normalisation, GroupNorm and a final GELU.
 
     Args:
         channels: channels C (divisible by 4 for the GroupNorm); the memories hold S = 4C slots.
@@ -159,13 +172,14 @@ class InvertedExternalAttention(nn.Module):
 
     @torch.no_grad()
     def reset_memories(self) -> None:
-        """Initialise as the untied official model: M_k ~ N(0, 2/C) and M_v a copy of M_k^T (spec B1)."""
+        """Initialise as the untied official model: M_k ~ N(0, 2/C), M_v a copy of M_k^T (docs/models/malunet.md B1)."""
         channels = self.memory_key.in_channels
         self.memory_key.weight.normal_(0.0, math.sqrt(2.0 / channels))
         self.memory_value.weight.copy_(self.memory_key.weight.permute(1, 0, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # spec §2.3 (paper: IEA, external attention with inverted memory size and double normalisation)
+        # docs/models/malunet.md §2.3 (paper: IEA, external attention with inverted memory size and double
+        # normalisation)
         b, c, h, w = x.shape
         identity = x
         x = self.proj_in(x).reshape(b, c, h * w)  # [B, C, N]
@@ -177,8 +191,11 @@ class InvertedExternalAttention(nn.Module):
         return F.gelu(x + identity)
 
 
-class SpatialAttentionBridge(nn.Module):
-    """SAB: one 7x7 conv (dilation 3) shared by all stages maps [channel mean, channel max] to a spatial gate."""
+class SAB(nn.Module):
+    """SAB, MALUNet's Spatial Attention Bridge.
+
+    One 7x7 conv (dilation 3) shared by all stages maps [channel mean, channel max] to a spatial gate.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -186,13 +203,15 @@ class SpatialAttentionBridge(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the spatial gate s in (0, 1), [B, 1, H, W]."""
-        # spec §2.4 (paper: SAB): s = sigmoid(conv([mean_c(x), max_c(x)]))
-        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)  # [B, 2, H, W]
+        # docs/models/malunet.md §2.4 (paper: SAB): s = sigmoid(conv([mean_c(x), max_c(x)]))
+        pooled = channel_pool(x, order=("mean", "max"))  # [B, 2, H, W]
         return torch.sigmoid(self.conv(pooled))
 
 
-class ChannelAttentionBridge(nn.Module):
-    """CAB: pooled channels of all stages -> shared Conv1d (k=3) -> one projection + sigmoid per stage.
+class CAB(nn.Module):
+    """CAB, MALUNet's Channel Attention Bridge.
+
+    Pooled channels of all stages -> shared Conv1d (k=3) -> one projection + sigmoid per stage.
 
     Args:
         stage_channels: channels of the bridged stages, in stage order.
@@ -214,7 +233,7 @@ class ChannelAttentionBridge(nn.Module):
 
     def forward(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Return one channel gate c_i in (0, 1), [B, C_i, 1, 1], per stage."""
-        # spec §2.5 (paper: CAB): global-local channel fusion across stages
+        # docs/models/malunet.md §2.5 (paper: CAB): global-local channel fusion across stages
         pooled = torch.cat([self.pool(x) for x in xs], dim=1)  # [B, sum C, 1, 1]
         att = self.local_conv(pooled.flatten(1).unsqueeze(1))  # [B, 1, sum C]
         if self.split_att != "fc":
@@ -224,6 +243,13 @@ class ChannelAttentionBridge(nn.Module):
             g = fc(att)  # fc: [B, 1, C_i]; conv: [B, C_i, 1]
             gates.append(torch.sigmoid(g.reshape(g.shape[0], -1, 1, 1)))  # [B, C_i, 1, 1]
         return gates
+
+
+# Descriptive names of the four modules MALUNet (Ruan et al., BIBM 2022) introduces under these acronyms
+DilatedGatedAttention = DGA  # MALUNet's Dilated Gated Attention
+InvertedExternalAttention = IEA  # MALUNet's Inverted External Attention
+SpatialAttentionBridge = SAB  # MALUNet's Spatial Attention Bridge
+ChannelAttentionBridge = CAB  # MALUNet's Channel Attention Bridge
 
 
 class SCAttentionBridge(nn.Module):
@@ -236,11 +262,11 @@ class SCAttentionBridge(nn.Module):
 
     def __init__(self, stage_channels: Sequence[int], split_att: str = "fc") -> None:
         super().__init__()
-        self.sab = SpatialAttentionBridge()
-        self.cab = ChannelAttentionBridge(stage_channels, split_att)
+        self.sab = SAB()
+        self.cab = CAB(stage_channels, split_att)
 
     def forward(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        # spec §2.6 (paper: SAB then CAB); the last residual is the SAB product, as in the official code (B7)
+        # docs/models/malunet.md §2.6 and B7 (paper: SAB then CAB): the last residual is the SAB product, as officially
         spatial = [self.sab(x) * x for x in xs]  # a_i = s_i * x_i
         mixed = [a + x for a, x in zip(spatial, xs)]  # b_i = a_i + x_i
         gates = self.cab(mixed)
@@ -268,10 +294,7 @@ class MALUNet(nn.Module):
         torch.Size([1, 1, 256, 256])
     """
 
-    spatial_dims_supported = (2,)
-    input_divisor = 32
-    supports_compile = True
-    supports_export = True
+    input_divisor = 32  # five 2x max-pools, then fixed 2x upsamplings added to the skips
 
     def __init__(
         self,
@@ -326,18 +349,13 @@ class MALUNet(nn.Module):
 
     def validate_input_size(self, spatial: tuple[int, ...]) -> None:
         """Raise ``ValueError`` unless ``spatial`` is 2D with sides that are positive multiples of 32."""
-        if len(spatial) != 2:
-            raise ValueError(f"MALUNet is 2D: expected an (H, W) input size, got {tuple(spatial)}")
-        if any(s < 32 or s % 32 for s in spatial):
-            fix = tuple(max(32, math.ceil(s / 32) * 32) for s in spatial)
-            raise ValueError(
-                f"MALUNet input sides must be multiples of 32 (input_divisor=32; five 2x poolings), got "
-                f"{tuple(spatial)}; resize or pad to e.g. {fix} (the paper uses 256x256)"
-            )
+        why = "input_divisor=32: five 2x poolings; the paper uses 256x256"
+        check_divisible(spatial, self.input_divisor, what="MALUNet input", why=why, ndim=2)
 
     def forward_encoder(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Return the five skips (fine to coarse, H/2 ... H/32) and the bottleneck (H/32)."""
-        # spec §1 encoder table: stage -> GN -> max-pool -> GELU; the bottleneck has no norm and no pool
+        # docs/models/malunet.md §1 encoder table: stage -> GN -> max-pool -> GELU; the bottleneck has no norm and no
+        # pool
         skips = []
         for stage, norm in zip(self.encoder[:5], self.encoder_norms):
             x = F.gelu(_pool2(norm(stage(x))))
@@ -348,7 +366,8 @@ class MALUNet(nn.Module):
         """Return the last decoder feature map [B, c_list[0], H/2, W/2] (before the 1x1 head)."""
         if self.bridge is not None:
             skips = self.bridge(skips)
-        # spec §1 decoder table: stage -> GN -> (bilinear x2, except D1) -> GELU, then + skip (coarse to fine)
+        # docs/models/malunet.md §1 decoder table: stage -> GN -> (bilinear x2, except D1) -> GELU, then + skip
+        # (coarse to fine)
         for i, (stage, norm) in enumerate(zip(self.decoder, self.decoder_norms)):
             x = norm(stage(x))
             if i > 0:
@@ -372,7 +391,8 @@ class MALUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, num_classes, H, W] for images [B, in_channels, H, W] (H, W multiples of 32)."""
-        # spec §1 head: 1x1 conv at H/2, bilinear x2 (the official sigmoid is left to the loss / inference)
+        # docs/models/malunet.md §1 head: 1x1 conv at H/2, bilinear x2 (the official sigmoid is left to the loss /
+        # inference)
         self._check_input(x)
         return _up2(self.head(self.forward_decoder(*self.forward_encoder(x))))
 
@@ -401,10 +421,10 @@ def _conv_stage(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 def _attention_stage(in_channels: int, out_channels: int, *, encoder: bool) -> nn.Sequential:
-    # Encoder stages run IEA then DGA; decoder stages DGA then IEA (spec §1).
+    # Encoder stages run IEA then DGA; decoder stages DGA then IEA (docs/models/malunet.md §1).
     if encoder:
-        return _named(iea=InvertedExternalAttention(in_channels), dga=DilatedGatedAttention(in_channels, out_channels))
-    return _named(dga=DilatedGatedAttention(in_channels, out_channels), iea=InvertedExternalAttention(out_channels))
+        return _named(iea=IEA(in_channels), dga=DGA(in_channels, out_channels))
+    return _named(dga=DGA(in_channels, out_channels), iea=IEA(out_channels))
 
 
 def _named(**modules: nn.Module) -> nn.Sequential:
@@ -416,26 +436,19 @@ def _named(**modules: nn.Module) -> nn.Sequential:
 
 @torch.no_grad()
 def _init_weights(m: nn.Module) -> None:
-    """The official init (spec §1): conv N(0, 2/fan_out), zero bias; Linear trunc-normal std 0.02, zero bias.
+    """The official init (docs/models/malunet.md §1): conv N(0, 2/fan_out), zero bias; Linear trunc-normal std 0.02,
+    zero bias.
 
     ``nn.Module.apply`` visits children before parents, so the IEA rule (run on the block) overrides its memories'
     Conv1d rule.
     """
-    if isinstance(m, nn.Conv2d):
-        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-        m.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
-        if m.bias is not None:
-            m.bias.zero_()
-    elif isinstance(m, nn.Conv1d):
-        fan_out = m.kernel_size[0] * m.out_channels
-        m.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
-        if m.bias is not None:
-            m.bias.zero_()
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        init_conv_fan_out_(m)  # the official Conv1d rule omits the groups, which are all 1 here
     elif isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             m.bias.zero_()
-    elif isinstance(m, InvertedExternalAttention):
+    elif isinstance(m, IEA):
         m.reset_memories()
 
 
@@ -445,10 +458,22 @@ def _init_weights(m: nn.Module) -> None:
 
 _DSCONV_KEYS = {"conv1": "depthwise", "norm_layer": "norm", "conv2": "pointwise"}
 _GAU_KEYS = {"w1.0": "gate", "w2.0": "value", "wo.0": "output", "cw": "shortcut"}
-_DGA_KEYS = {"mda0": "dilated.0", "mda1": "dilated.1", "mda2": "dilated.2", "mda3": "dilated.3",
-             "norm_layer": "norm", "conv": "proj", "gau": "gau"}
-_IEA_KEYS = {"conv1": "proj_in", "linear_0": "memory_key", "linear_1": "memory_value", "conv2": "proj_out",
-             "norm_layer": "norm"}
+_DGA_KEYS = {
+    "mda0": "dilated.0",
+    "mda1": "dilated.1",
+    "mda2": "dilated.2",
+    "mda3": "dilated.3",
+    "norm_layer": "norm",
+    "conv": "proj",
+    "gau": "gau",
+}
+_IEA_KEYS = {
+    "conv1": "proj_in",
+    "linear_0": "memory_key",
+    "linear_1": "memory_value",
+    "conv2": "proj_out",
+    "norm_layer": "norm",
+}
 _OFFICIAL_STAGE = re.compile(r"(encoder|decoder)(\d)\.(\d)\.(.+)")
 
 
@@ -548,10 +573,10 @@ def _load_official_malunet(
     its own parameter. A checkpoint that holds only one memory of a block gets the other as its transpose.
     """
     model = MALUNet(input_channels, num_classes, c_list=c_list, split_att=split_att, bridge=bool(bridge))
-    sd = _fill_tied_memories(dict(state_dict))
+    sd = _fill_tied_memories(OrderedDict(state_dict))
     # DataParallel checkpoints (the official train.py wraps the model) prefix every key with "module.".
     if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
+        consume_prefix_in_state_dict_if_present(sd, "module.")
     return load_mapped(model, sd, _rename_official)
 
 
@@ -562,6 +587,9 @@ def _load_official_malunet(
     official_repo="JCruan519/MALUNet",
     input_divisor=32,
     default_input_size=(256, 256),
+    onnx_export=True,
+    torch_compile=True,
+    test_input_size=(64, 64),
 )
 def malunet(in_channels: int, num_classes: int, **kwargs: Any) -> MALUNet:
     """MALUNet; kwargs: ``c_list`` (6 widths), ``split_att`` ("fc" | "conv"), ``bridge`` (bool)."""

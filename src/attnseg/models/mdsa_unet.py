@@ -15,8 +15,8 @@ Paper:
 
 Official code: github.com/NEU-LX/MDSA-UNet at commit d71b6fbc28c2af010391ff6cf24874fb64e7b7d1 (``MDSAUNet.py``,
 ``bra_legacy.py``). The repository has no LICENSE file and ships no weights. This file is an independent
-re-implementation from the spec; ``from_official("MDSAUNet.MDSAUNet", state_dict, **kwargs)`` loads official
-state dicts, and the official-equivalence fixtures prove the match.
+re-implementation (docs/models/mdsa_unet.md); ``from_official("MDSAUNet.MDSAUNet", state_dict, **kwargs)`` loads
+official state dicts, and the official-equivalence fixtures prove the match.
 
 Released architecture (the default here, 6,576,225 parameters at the default constructor; the paper states 6.65 M):
 EDM downsampling (strides 4/2/2) -> MDSA blocks (top-k 1/4/16 regions on a 7x7 region grid) -> EUF fusion x2 ->
@@ -50,7 +50,6 @@ Deviations from the official code (none changes outputs where the official code 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -60,6 +59,7 @@ from einops import rearrange
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
+from attnseg.layers import ConvBNAct, conv_bn_act, init_conv_fan_out_
 from attnseg.models.official import load_mapped, register_official
 from attnseg.models.registry import register_model
 
@@ -67,6 +67,7 @@ __all__ = [
     "route_regions",
     "region_partition",
     "MultiScaleAggregator",
+    "MDSA",
     "MultiScaleDynamicSparseAttention",
     "ContextGLU",
     "MDSABlock",
@@ -101,7 +102,8 @@ def region_partition(a: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def route_regions(a: torch.Tensor, grid: tuple[int, int], topk: int) -> torch.Tensor:
-    """Coarse region-to-region routing of MDSA (spec §2.1 d): the indices of the ``topk`` most similar regions.
+    """Coarse region-to-region routing of MDSA (docs/models/mdsa_unet.md §2.1 (d)): the indices of the ``topk`` most
+    similar regions.
 
     The order of operations follows the official code so that near-ties resolve identically: region mean (over the
     region's rows, then columns), detach, L2-normalise, score = -(|x|^2 + |y|^2 - 2 x.y) (cosine ranking), topk.
@@ -148,9 +150,7 @@ class MultiScaleAggregator(nn.Module):
         self.branches = nn.ModuleList(
             nn.Sequential(
                 nn.Conv2d(g, g, k, padding=k // 2, groups=g, bias=False),  # depthwise k x k
-                nn.Conv2d(g, g, 1, bias=False),  # pointwise
-                nn.BatchNorm2d(g),
-                nn.ReLU(inplace=True),
+                *conv_bn_act(g, g, 1),  # pointwise, BN, ReLU
             )
             for k in self.kernel_sizes
         )
@@ -165,8 +165,9 @@ class MultiScaleAggregator(nn.Module):
         return self.out_proj(torch.cat(outs, dim=1))
 
 
-class MultiScaleDynamicSparseAttention(nn.Module):
-    """MDSA attention (spec §2.1): multi-scale aggregation, coarse region routing, fine attention, LCE, projection.
+class MDSA(nn.Module):
+    """MDSA attention (docs/models/mdsa_unet.md §2.1): multi-scale aggregation, coarse region routing, fine attention,
+    LCE, projection.
 
     Args:
         dim: channels ``C``.
@@ -208,18 +209,20 @@ class MultiScaleDynamicSparseAttention(nn.Module):
         Returns:
             ``[B, H, W, C]``.
         """
-        # spec §2.1 (a)-(b): Q = K = V = A, the multi-scale aggregation of the input (no q/k/v projections).
+        # docs/models/mdsa_unet.md §2.1 (a)-(b): Q = K = V = A, the multi-scale aggregation of the input (no q/k/v
+        # projections).
         a = self.aggregator(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # [B, H, W, C] (view when channels-last)
         if self.attn_impl == "reference":
             out = self._attend_reference(a, grid)
         else:
             out = self._attend_fast(a, grid)
-        # spec §2.1 (g)-(h): LCE = depthwise 5x5 on V as a 2-D map, added before the output projection.
+        # docs/models/mdsa_unet.md §2.1 (g)-(h): LCE = depthwise 5x5 on V as a 2-D map, added before the output
+        # projection.
         lce = self.lce(a.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.proj(out + lce)
 
     def _attend_reference(self, a: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        # The official computation, step by step (spec §2.1 c-f), materialised copies included.
+        # The official computation, step by step (docs/models/mdsa_unet.md §2.1 (c)-(f)), materialised copies included.
         b, h, w, c = a.shape
         n, k, m = grid[0] * grid[1], self.topk, self.num_heads
         q = region_partition(a, grid)  # [B, n, t, C]
@@ -265,8 +268,12 @@ class MultiScaleDynamicSparseAttention(nn.Module):
         return rearrange(o, "(b nh nw) m (rh rw) d -> b (nh rh) (nw rw) (m d)", b=b, nh=grid[0], rh=rh, rw=rw)
 
 
+MultiScaleDynamicSparseAttention = MDSA  # descriptive name of MDSA-UNet's Multi-scale Dynamic Sparse Attention
+
+
 class ContextGLU(nn.Module):
-    """Context-GLU MLP of the MDSA block (spec §2.2): ``fc2(GELU(LN(dwconv3x3(u) * u)))`` with ``u = fc1(x)``.
+    """Context-GLU MLP of the MDSA block (docs/models/mdsa_unet.md §2.2): ``fc2(GELU(LN(dwconv3x3(u) * u)))``
+    with ``u = fc1(x)``.
 
     Args:
         dim: channels ``C``.
@@ -289,7 +296,8 @@ class ContextGLU(nn.Module):
 
 
 class MDSABlock(nn.Module):
-    """MDSA transformer block (spec §2): CPE, pre-norm MDSA attention, pre-norm Context-GLU, residuals.
+    """MDSA transformer block (docs/models/mdsa_unet.md §2): CPE, pre-norm MDSA attention, pre-norm Context-GLU,
+    residuals.
 
     Args:
         dim: channels ``C``.
@@ -317,7 +325,7 @@ class MDSABlock(nn.Module):
         super().__init__()
         self.cpe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)  # conditional positional encoding
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = MultiScaleDynamicSparseAttention(dim, num_heads, topk, qk_scale=qk_scale, attn_impl=attn_impl)
+        self.attn = MDSA(dim, num_heads, topk, qk_scale=qk_scale, attn_impl=attn_impl)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = ContextGLU(dim, int(mlp_ratio * dim))
         self.drop = nn.Dropout(drop_rate) if residual_dropout == "dropout" else DropPath(drop_rate)
@@ -341,7 +349,8 @@ class MDSAStage(nn.Sequential):
 
 
 class EDM(nn.Module):
-    """Enhanced downsampling merging (spec §3): strided conv branch + full-resolution conv/max-pool branch, summed.
+    """Enhanced downsampling merging (docs/models/mdsa_unet.md §3): strided conv branch + full-resolution conv/max-pool
+    branch, summed.
 
     Args:
         in_channels: input channels.
@@ -353,16 +362,11 @@ class EDM(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int) -> None:
         super().__init__()
         k, p, aux = kernel_size, kernel_size // 2, out_channels // 8
-        self.main = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, k, stride, p), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)
-        )
+        self.main = ConvBNAct(in_channels, out_channels, k, stride=stride, padding=p, bias=True)
         self.aux = nn.Sequential(
-            nn.Conv2d(in_channels, aux, k, 1, p),
-            nn.BatchNorm2d(aux),
+            *conv_bn_act(in_channels, aux, k, padding=p, bias=True, act=False),
             nn.MaxPool2d(k, stride, p),  # no activation before the pool, as released
-            nn.Conv2d(aux, out_channels, 1),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
+            *conv_bn_act(aux, out_channels, 1, bias=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -371,7 +375,8 @@ class EDM(nn.Module):
 
 
 class EUF(nn.Module):
-    """Enhanced upsampling fusion (spec §3): upsample the deeper map, concat the skip, two conv branches summed.
+    """Enhanced upsampling fusion (docs/models/mdsa_unet.md §3): upsample the deeper map, concat the skip, two conv
+    branches summed.
 
     Args:
         in_channels: deeper-map channels.
@@ -382,13 +387,10 @@ class EUF(nn.Module):
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
         super().__init__()
         cat, aux = in_channels + skip_channels, out_channels // 8
-        self.main = nn.Sequential(nn.Conv2d(cat, out_channels, 1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+        self.main = ConvBNAct(cat, out_channels, 1, bias=True)
         self.aux = nn.Sequential(
-            nn.Conv2d(cat, aux, 3, padding=1),
-            nn.BatchNorm2d(aux),
-            nn.Conv2d(aux, out_channels, 1),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
+            *conv_bn_act(cat, aux, 3, bias=True, act=False),
+            *conv_bn_act(aux, out_channels, 1, bias=True),
         )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -457,8 +459,7 @@ class MDSAUNet(nn.Module):
         torch.Size([1, 1, 224, 224])
     """
 
-    input_divisor = 112
-    spatial_dims_supported = (2,)
+    input_divisor = 112  # released n_win=7: stage maps at strides 4/8/16 split into 7x7 regions (see region_grid)
 
     def __init__(
         self,
@@ -537,9 +538,7 @@ class MDSAUNet(nn.Module):
 
         widths = dims[1:]
         self.downsamples = nn.ModuleList(EDM(dims[i], dims[i + 1], kernels[i], strides[i]) for i in range(blocks))
-        self.encoder_stages = nn.ModuleList(
-            stage(widths[i], depths[i], topks[i], mlp_ratios[i]) for i in range(blocks)
-        )
+        self.encoder_stages = nn.ModuleList(stage(widths[i], depths[i], topks[i], mlp_ratios[i]) for i in range(blocks))
         rev_w, rev_k, rev_r = widths[::-1], topks[::-1], mlp_ratios[::-1]
         dec_depths = depths[blocks:]  # the code hands depths[blocks-1:] to the decoder and reads entries 1..
         self.fusions = nn.ModuleList(EUF(rev_w[i], rev_w[i + 1], rev_w[i + 1]) for i in range(blocks - 1))
@@ -562,7 +561,7 @@ class MDSAUNet(nn.Module):
         if attn_impl not in _ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {_ATTN_IMPLS}, got {attn_impl!r}")
         for m in self.modules():
-            if isinstance(m, MultiScaleDynamicSparseAttention):
+            if isinstance(m, MDSA):
                 m.attn_impl = attn_impl
         self._attn_impl = attn_impl
         return self
@@ -675,7 +674,8 @@ class MDSAUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes, H, W]`` for images ``[B, dims[0] or 1, H, W]``."""
-        # spec §1: encoder (EDM + MDSA), decoder (EUF + MDSA), 1x1 head at stride 4, bilinear to the input size.
+        # docs/models/mdsa_unet.md §1: encoder (EDM + MDSA), decoder (EUF + MDSA), 1x1 head at stride 4, bilinear to the
+        # input size.
         size = x.shape[-2:]
         y = self.head(self.forward_decoder(*self.forward_encoder(x)))
         return F.interpolate(y, size=size, mode="bilinear", align_corners=False).contiguous()
@@ -691,10 +691,7 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
     elif isinstance(m, nn.Conv2d):
-        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-        nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+        init_conv_fan_out_(m)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -727,9 +724,9 @@ def _official_to_ours(key: str) -> str | None:
         rest = ".".join(parts[5:])
         for old, new in _OFFICIAL_BLOCK_RENAMES:
             if rest.startswith(old):
-                rest = new + rest[len(old):]
+                rest = new + rest[len(old) :]
         if rest.startswith("attn.aggregator."):
-            sub = rest[len("attn.aggregator."):].split(".")
+            sub = rest[len("attn.aggregator.") :].split(".")
             if sub[0] in ("norm1", "norm2", "norm3"):  # BN of branch i -> branches.(i-1).2
                 rest = f"attn.aggregator.branches.{int(sub[0][-1]) - 1}.2." + ".".join(sub[1:])
             elif sub[0] in ("agg1", "agg2", "agg3"):
@@ -777,8 +774,8 @@ def _load_official_mdsa_unet(
         base_dim=base_dim,
         mlp_ratios=mlp_ratios,
         blocks=blocks,
-        **options,  # type: ignore[arg-type]
-    )
+        **options,
+    )  # type: ignore[arg-type]
     return load_mapped(model, state_dict, _official_to_ours)
 
 
@@ -798,7 +795,16 @@ def _build(in_channels: int, num_classes: int, dims: Sequence[int], **kwargs: ob
 
 
 @register_model(
-    "mdsa_unet", paper=_PAPER, official_repo=_REPO, input_divisor=112, default_input_size=(224, 224), tags=("2d",)
+    "mdsa_unet",
+    paper=_PAPER,
+    official_repo=_REPO,
+    input_divisor=112,
+    default_input_size=(224, 224),
+    tags=("2d",),
+    onnx_export=True,
+    torch_compile=True,
+    test_kwargs={"dims": (3, 32, 64, 96), "base_dim": 16},  # the mdsa_unet_test widths
+    test_input_size=(112, 112),
 )
 def mdsa_unet(
     in_channels: int = 3,
@@ -824,6 +830,9 @@ def mdsa_unet(
     input_divisor=112,
     default_input_size=(224, 224),
     tags=("2d", "test"),
+    onnx_export=True,
+    torch_compile=True,
+    test_input_size=(112, 112),
 )
 def mdsa_unet_test(
     in_channels: int = 3,

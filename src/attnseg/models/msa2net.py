@@ -5,7 +5,7 @@ Image Segmentation", BMVC 2024 (oral), arXiv:2407.21640.
 Official code: github.com/xmindflow/MSA-2Net, commit 209ca72263c903048ae03077dfc023dd14d09c6c
 (``networks/msa2net.py``, ``networks/masag.py``).
 
-Architecture (paper figure, spec ``msa2net.md``): timm ``maxvit_rmlp_small_rw_224`` encoder (features 96/192/384/768
+Architecture (paper figure; docs/models/msa2net.md): timm ``maxvit_rmlp_small_rw_224`` encoder (features 96/192/384/768
 at 1/4..1/32, the last one after the encoder's final LayerNorm2d); a decoder that PatchExpands the 1/32 tokens, then
 at 1/16 gates the skip with MASAG and runs two DAE-Former dual-transformer blocks, at 1/8 and 1/4 gates the skip with
 MASAG and runs two LKA blocks; a 4x FinalPatchExpand and a 1x1 classifier give logits at input resolution. One
@@ -46,9 +46,10 @@ import timm
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.layers import ConvNormAct, LayerNorm2d, LayerScale2d
+from timm.layers import LayerNorm2d, LayerScale2d
 from torch import nn
 
+from attnseg.layers import ConvNormAct, channel_pool, check_divisible, to_pair
 from attnseg.models.official import load_mapped, register_official
 from attnseg.models.registry import register_model
 
@@ -87,8 +88,8 @@ class GlobalContext(nn.Module):
         self.proj = ConvNormAct(2, 1, 1, bias=True, apply_act=False)
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
-        # spec §4 step 2: [mean_c(G), max_c(G)] -> conv 2->1 -> BN; (B, 1, H, W)
-        pooled = torch.cat([g.mean(dim=1, keepdim=True), g.amax(dim=1, keepdim=True)], dim=1)
+        # docs/models/msa2net.md §4 step 2: [mean_c(G), max_c(G)] -> conv 2->1 -> BN; (B, 1, H, W)
+        pooled = channel_pool(g, order=("mean", "max"))
         return self.proj(pooled)
 
 
@@ -108,7 +109,7 @@ class LocalContext(nn.Module):
         self.proj = ConvNormAct(dim, dim, 1, bias=True, apply_act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # spec §4 step 1: receptive field 7x7
+        # docs/models/msa2net.md §4 step 1: receptive field 7x7
         return self.proj(self.dilated(self.dw(x)))
 
 
@@ -136,7 +137,7 @@ class MASAG(nn.Module):
         self.out_proj = ConvNormAct(dim, dim, 1, bias=True, apply_act=False)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        # spec §4 steps 3-8
+        # docs/models/msa2net.md §4 steps 3-8
         fused = self.fuse_norm(self.local_context(x) + self.global_context(g))  # global map broadcast over C
         a, b = self.selection(fused).softmax(dim=1).split(1, dim=1)  # (B, 1, H, W) each, a + b = 1
         x_sel = x * a + x
@@ -210,7 +211,7 @@ class LKABlock(nn.Module):
         self.ls2 = LayerScale2d(dim, 1e-2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # spec §5 LKA block; x: (B, C, H, W)
+        # docs/models/msa2net.md §5 LKA block; x: (B, C, H, W)
         x = x + self.ls1(self.attn(self.norm1(x)))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
@@ -307,7 +308,7 @@ class DualTransformerBlock(nn.Module):
         self.mix_ffn2 = MixFFN(dim, 4 * dim)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        # spec §5 DAE-Former block; x: (B, H*W, C)
+        # docs/models/msa2net.md §5 DAE-Former block; x: (B, H*W, C)
         h, w = size
         y = rearrange(self.norm1(x), "b (h w) c -> b c h w", h=h, w=w)
         x = x + rearrange(self.efficient_attn(y), "b c h w -> b (h w) c")
@@ -409,6 +410,16 @@ class DecoderStage(nn.Module):
         self.expand = PatchExpand(dim, dim, 4) if final else PatchExpand(dim, dim // 2, 2)
         _init_decoder_weights(self)
 
+    def unused_parameters(self) -> dict[str, str]:
+        """Prefixes of the modules built by ``build_unused`` that this stage never runs, with the reason."""
+        if not self.uses_skip:
+            why = "official skip-less stage: only its PatchExpand runs (built by keep_dead_modules)"
+            names = ("decoder_proj", "gate", "fuse_norm", "blocks")
+            return {n: why for n in names if getattr(self, n) is not None}
+        if not self.gated and self.gate is not None:
+            return {"gate": "ungated stage: the official file builds a MASAG it never calls (keep_dead_modules)"}
+        return {}
+
     def _to_image(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         # (B, H*W, C) -> (B, C, H, W): a transpose, or the official memory reinterpretation (legacy)
         b, _, c = tokens.shape
@@ -444,7 +455,8 @@ class DecoderStage(nn.Module):
             g = self._to_image(self.decoder_proj(x), size)  # G: (B, C, H, W)
             # the official code flattens the skip to raster tokens before reinterpreting it like G
             skip_img = self._to_image(skip.flatten(2).transpose(1, 2), size) if self.legacy_layout else skip
-            fused = g + (self.gate(skip_img, g) if self.gated else skip_img)  # F = G + MASAG(X, G), spec §2.0
+            # F = G + MASAG(X, G), docs/models/msa2net.md §2.0
+            fused = g + (self.gate(skip_img, g) if self.gated else skip_img)
             fused = self.fuse_norm(fused.permute(0, 2, 3, 1))  # LayerNorm over channels: (B, H, W, C)
             if self.block == "dae":
                 # tokens of the (pseudo-)image in its own raster order; the legacy scramble is never undone here
@@ -469,17 +481,12 @@ class DecoderStage(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2:
-        raise ValueError(f"img_size must be an int or (height, width), got {size}")
-    return size  # type: ignore[return-value]
-
-
 class MSA2Net(nn.Module):
     """MSA²Net: MaxViT encoder, MASAG-gated skips, DAE-Former (1/16) and LKA (1/8, 1/4) decoder blocks.
+
+    Unused parameters: none by default. With ``keep_dead_modules=True`` the modules the official forward never
+    executes are built but never run (no gradient; DDP needs ``find_unused_parameters=True``);
+    :meth:`unused_parameters` lists them.
 
     Args:
         in_channels: 1 (gray, repeated to 3 channels as in the official forward) or 3.
@@ -522,12 +529,8 @@ class MSA2Net(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if decoder not in DECODER_VARIANTS:
             raise ValueError(f"decoder must be one of {DECODER_VARIANTS}, got {decoder!r}")
-        size = _pair(img_size)
-        if min(size) < 32 or any(s % 32 for s in size):
-            raise ValueError(
-                f"img_size sides must be positive multiples of 32 (MaxViT window = side/32), got {size}; "
-                "use 224 (the paper's size) or e.g. 256"
-            )
+        size = to_pair(img_size, name="img_size")
+        check_divisible(size, 32, what="img_size", why="MaxViT window = side/32; the paper uses 224", fix="use")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.decoder_variant = decoder
@@ -589,6 +592,15 @@ class MSA2Net(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # paper Fig. 1: encoder -> MASAG-gated decoder -> logits at input resolution
         return self.forward_head(self.forward_features(x))
+
+    def unused_parameters(self) -> dict[str, str]:
+        """Prefixes of the never-executed modules kept by ``keep_dead_modules=True`` (``{}`` otherwise), with why."""
+        dead = {}
+        if self.gray_to_rgb is not None:
+            dead["gray_to_rgb"] = "official backbone's 1->3 gray conv, never called (gray input is repeated)"
+        for name in ("stage32", "stage16", "stage8", "stage4"):
+            dead.update({f"{name}.{k}": why for k, why in getattr(self, name).unused_parameters().items()})
+        return dead
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -658,7 +670,7 @@ _STAGE_NAMES = {"decoder_3.": "stage32.", "decoder_2.": "stage16.", "decoder_1."
 def _rename_by_table(key: str, table: Sequence[tuple[str, str]]) -> str:
     for official, ours in table:
         if key.startswith(official):
-            return ours + key[len(official):]
+            return ours + key[len(official) :]
     raise KeyError(key)
 
 
@@ -666,7 +678,7 @@ def _rename_stage_key(key: str) -> str:
     """Official decoder-layer key (without the ``decoder_k.`` prefix) -> ours (without the stage prefix)."""
     for official, ours, sub in _STAGE_RENAME:
         if key.startswith(official):
-            rest = key[len(official):]
+            rest = key[len(official) :]
             return ours + (_rename_by_table(rest, sub) if sub else rest)
     raise KeyError(key)
 
@@ -674,16 +686,16 @@ def _rename_stage_key(key: str) -> str:
 def official_rename(key: str) -> str:
     """Official full-model ``Msa2Net`` state-dict key -> our :class:`MSA2Net` key (dead modules included)."""
     if key.startswith("backbone.backbone."):
-        return "encoder." + key[len("backbone.backbone."):]
+        return "encoder." + key[len("backbone.backbone.") :]
     if key.startswith("backbone.conv.0."):
-        return "gray_to_rgb.conv." + key[len("backbone.conv.0."):]
+        return "gray_to_rgb.conv." + key[len("backbone.conv.0.") :]
     if key.startswith("backbone.conv.1."):
-        return "gray_to_rgb.bn." + key[len("backbone.conv.1."):]
+        return "gray_to_rgb.bn." + key[len("backbone.conv.1.") :]
     if key.startswith("decoder_0.last_layer."):
-        return "head." + key[len("decoder_0.last_layer."):]
+        return "head." + key[len("decoder_0.last_layer.") :]
     for official, ours in _STAGE_NAMES.items():
         if key.startswith(official):
-            return ours + _rename_stage_key(key[len(official):])
+            return ours + _rename_stage_key(key[len(official) :])
     raise KeyError(f"unexpected official MSA2Net key {key!r}")
 
 
@@ -783,14 +795,14 @@ def _decoder_layer_loader(block: str | None):
         gated = variant != "shipped"
         stage = DecoderStage(dim, stage_block, gated=gated, final=is_last, legacy_layout=True)
         head = nn.Conv2d(dim, n_class, 1) if is_last else None
-        model = OfficialDecoderLayer(stage, _pair(input_size), head)
+        model = OfficialDecoderLayer(stage, to_pair(input_size, name="input_size"), head)
         dead = ("ag_attn",) if not gated else ()
 
         def rename(key: str) -> str | None:
             if _is_under(key, dead):
                 return None
             if key.startswith("last_layer."):
-                return "head." + key[len("last_layer."):]
+                return "head." + key[len("last_layer.") :]
             return "stage." + _rename_stage_key(key)
 
         return load_mapped(model, state_dict, rename, dead_keys=dead)
@@ -811,32 +823,28 @@ register_official(
 # --------------------------------------------------------------------------------------------------------------------
 
 _PAPER = (
-    "Kolahi et al., MSA²Net: Multi-scale Adaptive Attention-guided Network for Medical Image Segmentation, "
-    "BMVC 2024"
+    "Kolahi et al., MSA²Net: Multi-scale Adaptive Attention-guided Network for Medical Image Segmentation, BMVC 2024"
 )
 
 
 @register_model(
-    "msa2net", paper=_PAPER, official_repo="xmindflow/MSA-2Net", input_divisor=32, default_input_size=(224, 224)
+    "msa2net",
+    paper=_PAPER,
+    official_repo="xmindflow/MSA-2Net",
+    input_divisor=32,
+    default_input_size=(224, 224),
+    onnx_export=True,
+    torch_compile=True,
+    test_kwargs={"encoder_name": "maxvit_rmlp_pico_rw_256", "img_size": 64},  # same decoder, a small timm MaxViT
+    test_input_size=(64, 64),
 )
-def msa2net(
-    in_channels: int,
-    num_classes: int,
-    decoder: str = "paper",
-    legacy_layout: bool = False,
-    keep_dead_modules: bool = False,
-    pretrained: bool = False,
-    img_size: int | Sequence[int] = 224,
-    encoder_name: str = DEFAULT_ENCODER,
-) -> MSA2Net:
-    """MSA²Net (paper decoder, executed modules only, proper token transposes, 224x224)."""
-    return MSA2Net(
-        in_channels,
-        num_classes,
-        decoder=decoder,
-        legacy_layout=legacy_layout,
-        keep_dead_modules=keep_dead_modules,
-        pretrained=pretrained,
-        img_size=img_size,
-        encoder_name=encoder_name,
-    )
+def msa2net(in_channels: int, num_classes: int, **kwargs: Any) -> MSA2Net:
+    """MSA²Net (default: paper decoder, executed modules only, proper token transposes, 224x224).
+
+    Args:
+        in_channels: 1 (gray, repeated to RGB) or 3.
+        num_classes: output logit channels.
+        **kwargs: :class:`MSA2Net` options (``decoder``, ``legacy_layout``, ``keep_dead_modules``, ``pretrained``,
+            ``img_size``, ``encoder_name``).
+    """
+    return MSA2Net(in_channels, num_classes, **kwargs)

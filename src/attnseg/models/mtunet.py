@@ -4,7 +4,7 @@ Paper:
     H. Wang, S. Xie, L. Lin, Y. Iwamoto, X.-H. Han, Y.-W. Chen, R. Tong, "Mixed Transformer U-Net for Medical
     Image Segmentation", ICASSP 2022. arXiv:2111.04734. Official code: github.com/Dootmaan/MT-UNet.
 Version reproduced: the copy shipped as ``code/ACDC/Baseline/encoder.py`` in github.com/yeshunlong/SALSTM at
-e45f8fa98209fe32872df0d5de9a7b52a25e9a7b (spec ``salstm.md`` §4.1), with exactly its parameter count:
+e45f8fa98209fe32872df0d5de9a7b52a25e9a7b (docs/models/salstm.md §4.1), with exactly its parameter count:
 79,075,064 for ``MTUNet(4)`` and 79,078,964 for ``MTUNet(64)`` (the SALSTM encoder), at 224x224.
 
 Layout: a conv stem (three residual double convs with max pooling, skips S0-S2) -> 1x1 projection and a learned
@@ -18,10 +18,11 @@ distance penalty; x4 bilinear upsampling and a 1x1 fusion with the local map) an
 Differences from the official code, and the option that restores each:
 
 - The Gaussian-weighted axial step is vectorised (two softmaxes and two einsums) instead of a Python loop over
-  the grid cells (268 iterations per forward); same math (spec §8.1).
+  the grid cells (268 iterations per forward); same math (docs/models/salstm.md §8.1).
 - Window padding (14 -> 16 and 7 -> 8 sides): the official code zero-pads but also copies the input's bottom-right
-  corner block into the padded corner, leaving the bottom and right strips zero (spec §7 item 17). The default
-  here is plain zero padding; ``window_padding="official"`` reproduces the corner copy (used by the official loader).
+  corner block into the padded corner, leaving the bottom and right strips zero (docs/models/salstm.md §7, item
+  17). The default here is plain zero padding; ``window_padding="official"`` reproduces the corner copy (used by
+  the official loader).
 - Kept for the exact parameter count and weight compatibility, but with no effect (as upstream): the axial
   attention's output Linear, never called (3,806,720 parameters over the 10 MTMs; ``unused_params=False`` drops
   it), and the Gaussian ``bias``, a constant inside a softmax (its gradient is zero).
@@ -40,11 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnseg.layers import ConvNormAct, check_divisible
 from attnseg.models.official import load_mapped, register_official
 from attnseg.models.registry import register_model
 
 __all__ = [
-    "ConvNormAct",
     "ResidualDoubleConv",
     "WindowAttention",
     "WindowPooling",
@@ -61,33 +62,14 @@ _PAPER = "Wang et al., Mixed Transformer U-Net for Medical Image Segmentation, I
 _WINDOW = 4  # side of the local attention windows
 _HEADS = 8  # heads of the window attention (the external attention uses 4x as many)
 _MEMORY = 64  # external-attention memory slots (256 // 4 upstream)
-
-
-class ConvNormAct(nn.Module):
-    """Conv (no bias) -> BatchNorm -> optional ReLU.
-
-    Args:
-        cin: input channels.
-        cout: output channels.
-        kernel_size: conv kernel. Defaults to 3.
-        stride: conv stride. Defaults to 1.
-        padding: conv padding. Defaults to 1.
-        act: apply ReLU. Defaults to True.
-    """
-
-    def __init__(self, cin: int, cout: int, kernel_size: int = 3, stride: int = 1, padding: int = 1,
-                 act: bool = True) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel_size, stride, padding, bias=False)
-        self.norm = nn.BatchNorm2d(cout)
-        self.act = nn.ReLU() if act else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(x)))
+_TEST_KWARGS = {"img_size": 64, "stem_channels": 8, "embed_dim": 16}  # CPU-sized, for the conformance suite
 
 
 class ResidualDoubleConv(nn.Module):
     """Two 3x3 conv-BN (ReLU after the first); the residual branch is a 1x1 conv-BN of the second conv's output.
+
+    The conv-BN(-ReLU) blocks are timm's ``ConvNormAct`` (bias-free convs, except the residual 1x1), named
+    ``conv`` / ``bn`` inside as in the official code.
 
     Args:
         cin: input channels.
@@ -96,15 +78,14 @@ class ResidualDoubleConv(nn.Module):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.conv1 = ConvNormAct(cin, cout)
-        self.conv2 = ConvNormAct(cout, cout, act=False)
-        self.res_conv = nn.Conv2d(cout, cout, 1)
-        self.res_norm = nn.BatchNorm2d(cout)
+        self.conv1 = ConvNormAct(cin, cout, 3, padding=1)
+        self.conv2 = ConvNormAct(cout, cout, 3, padding=1, apply_act=False)
+        self.res = ConvNormAct(cout, cout, 1, bias=True, apply_act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Spec §4.1 DoubleConv: z = conv2(conv1(x)); relu(z + BN(conv1x1(z)))
+        # docs/models/salstm.md §4.1 DoubleConv: z = conv2(conv1(x)); relu(z + BN(conv1x1(z)))
         z = self.conv2(self.conv1(x))
-        return F.relu(z + self.res_norm(self.res_conv(z)))
+        return F.relu(z + self.res(z))
 
 
 class WindowAttention(nn.Module):
@@ -124,7 +105,7 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # LGG-SA local branch (spec §4.1 CSA, window branch)
+        # LGG-SA local branch (docs/models/salstm.md §4.1 CSA, window branch)
         *lead, n, c = x.shape
         # [..., N, C] -> [..., heads, N, C/heads]
         q, k, v = (lin(x).view(*lead, n, self.num_heads, -1).transpose(-2, -3) for lin in (self.q, self.k, self.v))
@@ -166,7 +147,8 @@ class AxialScores(nn.Module):
         self.out_unused = nn.Linear(dim, dim) if unused_params else None  # dead upstream; kept for the count
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # Spec §4.1 axial branch: rows[b, r, c, j] = q[r, c].k[r, j]; cols[b, c, r, i] = q[r, c].k[i, c]
+        # docs/models/salstm.md §4.1 axial branch:
+        # rows[b, r, c, j] = q[r, c].k[r, j]; cols[b, c, r, i] = q[r, c].k[i, c]
         q, k = self.q(x), self.k(x)
         rows = q @ k.transpose(-1, -2)  # [B, p, q, q]
         cols = q.transpose(1, 2) @ k.transpose(1, 2).transpose(-1, -2)  # [B, q, p, p]
@@ -187,7 +169,7 @@ class GaussianWeighting(nn.Module):
         self.shift = nn.Parameter(torch.randn(1).abs())
 
     def forward(self, rows: torch.Tensor, cols: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # Spec §4.1 GaussianTrans, all grid cells at once instead of the official loop
+        # docs/models/salstm.md §4.1 GaussianTrans, all grid cells at once instead of the official loop
         p, q = v.shape[1], v.shape[2]
         idx_q = torch.arange(q, device=v.device, dtype=v.dtype)
         idx_p = torch.arange(p, device=v.device, dtype=v.dtype)
@@ -199,7 +181,9 @@ class GaussianWeighting(nn.Module):
 
 
 class LocalGlobalGaussianAttention(nn.Module):
-    """LGG-SA: window attention (local) + Gaussian-weighted axial attention over pooled windows (global).
+    """LGG-SA, MT-UNet's Local-Global Gaussian-weighted Self-Attention.
+
+    Window attention (local) + Gaussian-weighted axial attention over pooled windows (global).
 
     Args:
         dim: channels.
@@ -226,11 +210,11 @@ class LocalGlobalGaussianAttention(nn.Module):
         if self.window_padding == "official" and ph and pw:
             # Official quirk: the input's bottom-right ph x pw block is copied into the padded corner only.
             padded = padded.clone()
-            padded[:, h:, w:] = x[:, h - ph:, w - pw:]
+            padded[:, h:, w:] = x[:, h - ph :, w - pw :]
         return padded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # MT-UNet LGG-SA (spec §4.1 CSA); x: [B, H, W, C]
+        # MT-UNet LGG-SA (docs/models/salstm.md §4.1 CSA); x: [B, H, W, C]
         b, h, w, c = x.shape
         xp = self._pad(x)
         p, q = xp.shape[1] // _WINDOW, xp.shape[2] // _WINDOW
@@ -261,7 +245,7 @@ class ExternalAttention(nn.Module):
         self.proj = nn.Linear(4 * dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # MT-UNet EA (spec §4.1 MEA): softmax over tokens, then normalise over the memory slots
+        # MT-UNet EA (docs/models/salstm.md §4.1 MEA): softmax over tokens, then normalise over the memory slots
         b, h, w, c = x.shape
         t = self.expand(x.reshape(b, h * w, c)).view(b, h * w, self.num_heads, -1).transpose(1, 2)  # [B, 32, N, d]
         attn = torch.softmax(self.memory_key(t), dim=-2)
@@ -287,7 +271,7 @@ class MixedTransformerModule(nn.Module):
         self.ea = ExternalAttention(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # MT-UNet MTM (spec §4.1 EA-module)
+        # MT-UNet MTM (docs/models/salstm.md §4.1 EA-module)
         x = x + self.lgg_sa(self.norm1(x))
         return x + self.ea(self.norm2(x))
 
@@ -295,8 +279,9 @@ class MixedTransformerModule(nn.Module):
 class _ConvStem(nn.Module):
     def __init__(self, cin: int, s: int, e: int, tokens: int) -> None:
         super().__init__()
-        self.levels = nn.ModuleList([ResidualDoubleConv(cin, s), ResidualDoubleConv(s, 2 * s),
-                                     ResidualDoubleConv(2 * s, 4 * s)])
+        self.levels = nn.ModuleList(
+            [ResidualDoubleConv(cin, s), ResidualDoubleConv(s, 2 * s), ResidualDoubleConv(2 * s, 4 * s)]
+        )
         self.proj = ConvNormAct(4 * s, e, kernel_size=1, padding=0)
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens, e))
 
@@ -346,10 +331,16 @@ class _DecoderStage(nn.Module):
 class _ConvDecoder(nn.Module):
     def __init__(self, cin: int, s: int) -> None:
         super().__init__()
-        self.ups = nn.ModuleList([nn.ConvTranspose2d(cin, 4 * s, 2, stride=2), nn.ConvTranspose2d(4 * s, 2 * s, 2, 2),
-                                  nn.ConvTranspose2d(2 * s, s, 2, stride=2)])
-        self.levels = nn.ModuleList([ResidualDoubleConv(8 * s, 4 * s), ResidualDoubleConv(4 * s, 2 * s),
-                                     ResidualDoubleConv(2 * s, s)])
+        self.ups = nn.ModuleList(
+            [
+                nn.ConvTranspose2d(cin, 4 * s, 2, stride=2),
+                nn.ConvTranspose2d(4 * s, 2 * s, 2, 2),
+                nn.ConvTranspose2d(2 * s, s, 2, stride=2),
+            ]
+        )
+        self.levels = nn.ModuleList(
+            [ResidualDoubleConv(8 * s, 4 * s), ResidualDoubleConv(4 * s, 2 * s), ResidualDoubleConv(2 * s, s)]
+        )
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         for up, level, skip in zip(self.ups, self.levels, reversed(skips)):
@@ -359,6 +350,11 @@ class _ConvDecoder(nn.Module):
 
 class MTUNet(nn.Module):
     """Mixed Transformer U-Net with the attnseg feature interface.
+
+    Unused parameters: with ``unused_params=True`` (the default, for the official parameter count and weight
+    compatibility) every Mixed Transformer Module keeps the axial attention's output Linear (``*.axial.out_unused``),
+    which the official forward never calls, so it never receives a gradient; :meth:`unused_parameters` lists them
+    (DDP then needs ``find_unused_parameters=True``). ``unused_params=False`` drops them and the list is empty.
 
     Args:
         in_channels: image channels; 1-channel inputs are repeated to 3 as upstream.
@@ -383,8 +379,7 @@ class MTUNet(nn.Module):
         super().__init__()
         if in_channels < 1 or num_classes < 1:
             raise ValueError(f"in_channels and num_classes must be >= 1, got {in_channels}, {num_classes}")
-        if img_size < 32 or img_size % 32:
-            raise ValueError(f"img_size must be a multiple of 32 (three poolings + two strided convs), got {img_size}")
+        check_divisible((img_size,), 32, what="img_size", why="three poolings + two strided convs", fix="use")
         if stem_channels < 1:
             raise ValueError(f"stem_channels must be >= 1, got {stem_channels}")
         if embed_dim < 8 or embed_dim % 8:
@@ -416,7 +411,7 @@ class MTUNet(nn.Module):
         self.validate_input_size(tuple(x.shape[2:]))
         if self.repeat_gray:
             x = x.expand(-1, 3, -1, -1)
-        # Spec §4.1 table, top to bottom
+        # docs/models/salstm.md §4.1 table, top to bottom
         x, conv_skips = self.stem(x)  # [B, H/8, W/8, e]
         skips = []
         for stage in self.encoder:
@@ -434,6 +429,15 @@ class MTUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def unused_parameters(self) -> dict[str, str]:
+        """Prefixes of the parameters the forward never uses (the kept official axial output Linears), with why."""
+        reason = "official axial output Linear, never called upstream; kept for the parameter count (unused_params)"
+        return {
+            f"{name}.out_unused": reason
+            for name, module in self.named_modules()
+            if isinstance(module, AxialScores) and module.out_unused is not None
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -485,10 +489,10 @@ def official_mtunet_rename(key: str) -> str:
     # The double conv's residual 1x1 conv/BN are official 'conv1'/'bn' at its top level: rename before '.conv.0.'.
     m = _LEAF.match(key)
     if m:
-        key = f"{m[1]}.{m[2]}.{'res_conv' if m[3] == 'conv1' else 'res_norm'}." + key[m.end():]
+        key = f"{m[1]}.{m[2]}.res.{'conv' if m[3] == 'conv1' else 'bn'}." + key[m.end() :]
     for pattern, repl in _INNER_RENAMES:
         key = re.sub(pattern, repl, key)
-    return re.sub(r"\.bn\.", ".norm.", key)
+    return key
 
 
 @register_official("encoder.MTUNet")
@@ -498,8 +502,18 @@ def _load_official_mtunet(state_dict: dict[str, torch.Tensor], out_ch: int = 4) 
     return load_mapped(model, state_dict, official_mtunet_rename)
 
 
-@register_model("mtunet", spatial_dims=2, paper=_PAPER, official_repo="Dootmaan/MT-UNet", input_divisor=32,
-                default_input_size=(224, 224))
+@register_model(
+    "mtunet",
+    spatial_dims=2,
+    paper=_PAPER,
+    official_repo="Dootmaan/MT-UNet",
+    input_divisor=32,
+    default_input_size=(224, 224),
+    onnx_export=True,
+    torch_compile=True,
+    test_kwargs=_TEST_KWARGS,
+    test_input_size=(64, 64),
+)
 def mtunet(in_channels: int, num_classes: int, **kwargs: Any) -> MTUNet:
     """MT-UNet as released with SALSTM (224x224; 79,075,064 parameters at 4 classes).
 
@@ -510,4 +524,3 @@ def mtunet(in_channels: int, num_classes: int, **kwargs: Any) -> MTUNet:
             ``unused_params``).
     """
     return MTUNet(in_channels, num_classes, **kwargs)
-

@@ -21,13 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnseg.errors import AttnsegError
+
 __all__ = ["register_official", "from_official", "list_official_classes", "load_mapped", "OfficialWeightsError"]
 
 OfficialLoader = Callable[..., nn.Module]
 _LOADERS: dict[str, OfficialLoader] = {}
 
 
-class OfficialWeightsError(ValueError):
+class OfficialWeightsError(AttnsegError, ValueError):
     """An official state dict does not fit the model it claims to be."""
 
 
@@ -70,7 +72,9 @@ def from_official(official_class: str, state_dict: Mapping[str, torch.Tensor], *
 
     loader = _LOADERS.get(official_class) or _LOADERS.get(official_class.rsplit(".", 1)[-1])
     if loader is None:
-        raise KeyError(f"no loader for official class {official_class!r}; known: {', '.join(sorted(_LOADERS))}")
+        raise OfficialWeightsError(
+            f"no loader for official class {official_class!r}; known: {', '.join(sorted(_LOADERS))}"
+        )
     model = loader(dict(state_dict), **constructor_kwargs)
     return model.eval()
 

@@ -11,6 +11,15 @@ Optional model interface, read by the workflow through the helpers below:
 - ``feature_channels: int`` and ``forward_features(x) -> Tensor``: the feature map right before the classifier
   (``[B, feature_channels, *spatial]`` at input resolution), and ``forward_head(features) -> logits``. Models that
   provide these can carry plug-in heads such as SALSTM/LSTMSA.
+- ``unused_parameters() -> dict[str, str]``: parameter-name prefixes the forward never uses, with the reason
+  (:func:`ddp_safe` is False for such models).
+
+The protocols are in :mod:`attnseg.models.contract`. Capability flags, set in ``register_model(...)`` after trying
+them on the model's test configuration (``tests/models/test_conformance.py`` checks both directions): ``onnx_export``
+(``torch.onnx.export(..., dynamo=False, opset_version=17)`` with dynamic batch and sides, as ``attnseg export`` does,
+works and onnxruntime agrees) and ``torch_compile`` (``torch.compile`` with inductor works on CPU and agrees with
+eager). ``test_kwargs`` / ``test_input_size`` give the small configuration the conformance suite builds, so a new
+model is covered without editing the tests.
 """
 
 from __future__ import annotations
@@ -22,7 +31,17 @@ from typing import Any
 
 from torch import nn
 
+from attnseg.errors import AttnsegError
+from attnseg.models.contract import (
+    DeclaresUnusedParameters,
+    FeatureInterfaceModel,
+    SegmentationModel,
+    ddp_safe,
+    unused_parameters,
+)
+
 __all__ = [
+    "UnknownModelError",
     "ModelInfo",
     "register_model",
     "create_model",
@@ -30,7 +49,19 @@ __all__ = [
     "model_info",
     "check_input_size",
     "has_feature_interface",
+    "SegmentationModel",
+    "FeatureInterfaceModel",
+    "DeclaresUnusedParameters",
+    "ddp_safe",
+    "unused_parameters",
 ]
+
+
+class UnknownModelError(AttnsegError, KeyError):
+    """No model is registered under that name (a ``KeyError``, as smp's ``create_model`` raises)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -45,6 +76,12 @@ class ModelInfo:
     input_divisor: int = 1  # input sides must be multiples of this (informational; models validate themselves)
     default_input_size: tuple[int, ...] = (224, 224)
     tags: tuple[str, ...] = field(default_factory=tuple)
+    onnx_export: bool = False  # ONNX export (TorchScript exporter, opset 17, dynamic axes) works, onnxruntime agrees
+    torch_compile: bool = False  # torch.compile (inductor, CPU) works and agrees with eager
+    # the CPU-sized configuration the conformance suite builds (register_model: test_input_size = default_input_size
+    # unless given)
+    test_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
+    test_input_size: tuple[int, ...] = (224, 224)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -59,16 +96,37 @@ def register_model(
     input_divisor: int = 1,
     default_input_size: Sequence[int] | None = None,
     tags: Sequence[str] = (),
+    onnx_export: bool = False,
+    torch_compile: bool = False,
+    test_kwargs: dict[str, Any] | None = None,
+    test_input_size: Sequence[int] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering ``factory(in_channels, num_classes, **kwargs)`` under ``name``.
 
     Registering the same name twice raises (unlike timm, which warns): two models must never share a name.
+
+    Args:
+        name: registry name.
+        spatial_dims: 2 (images/slices) or 3 (volumes).
+        paper: citation shown by ``attnseg models``.
+        official_repo: owner/name of the authors' code, if any.
+        input_divisor: input sides must be multiples of this (informational; the model validates itself).
+        default_input_size: the paper's input size; defaults to 224x224 (2D) or 96^3 (3D).
+        tags: free-form labels (e.g. ``"slab"``).
+        onnx_export: True only if ONNX export (TorchScript exporter, opset 17, dynamic batch and sides, as
+            ``attnseg export`` does) works and onnxruntime agrees.
+        torch_compile: True only if ``torch.compile`` (inductor, CPU) works and agrees with eager.
+        test_kwargs: factory options of a CPU-sized configuration for the conformance suite (same code paths as the
+            default, smaller widths/sizes). Defaults to none (the factory defaults).
+        test_input_size: spatial input size for that configuration. Defaults to ``default_input_size``.
     """
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is already registered by {_REGISTRY[name].factory.__module__}")
         size = tuple(default_input_size) if default_input_size else ((224, 224) if spatial_dims == 2 else (96,) * 3)
+        if test_input_size is not None and len(test_input_size) != spatial_dims:
+            raise ValueError(f"model {name!r}: test_input_size {tuple(test_input_size)} is not {spatial_dims}D")
         _REGISTRY[name] = ModelInfo(
             name=name,
             factory=factory,
@@ -78,6 +136,10 @@ def register_model(
             input_divisor=input_divisor,
             default_input_size=size,
             tags=tuple(tags),
+            onnx_export=bool(onnx_export),
+            torch_compile=bool(torch_compile),
+            test_kwargs=dict(test_kwargs or {}),
+            test_input_size=tuple(test_input_size) if test_input_size else size,
         )
         return factory
 
@@ -102,7 +164,7 @@ def model_info(name: str) -> ModelInfo:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown model {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}")
+        raise UnknownModelError(f"unknown model {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 

@@ -6,7 +6,7 @@ Paper:
 Official code: github.com/yeshunlong/SALSTM at e45f8fa98209fe32872df0d5de9a7b52a25e9a7b
 (``code/ACDC/Baseline/model.py``; ACDC with an MT-UNet backbone is the only released setting).
 
-What the released head computes (spec ``salstm.md`` §2-3). Each of K adjacent slices goes through the backbone
+What the released head computes (docs/models/salstm.md §2-§3). Each of K adjacent slices goes through the backbone
 (the release: MT-UNet whose 1x1 classifier outputs 64 channels). Two independent direction networks run a one-layer
 ConvLSTM (one 5x5 gate conv on ``[x_t; h_{t-1}]``, gates in the order i, f, o, g, zero initial state) towards the
 centre slice: previous -> centre and next -> centre. On the centre-step states each direction applies a self-attention
@@ -22,10 +22,11 @@ Design of this implementation (all choices keep the released model reachable):
 - The attention scale ``s`` is an explicit option, ``attention_scale``, defaulting to the released constant
   ``1/88`` (``train.py`` passes ``attenion_size=88*88`` although the maps are 224x224; the class default would
   be ``1/224``). :func:`scale_from_attention_size` converts the official argument.
-- The step-0 shortcut (spec §8.1) is on by default: the first step starts from ``h = c = 0``, so only the input
-  half of the gate conv and only the i, o, g gates are needed (``c_1 = i * g``). It is exact (same math; float32
-  round-off only) and cuts the head's conv work by 31 %. ``step0_shortcut=False`` runs the official order (full
-  conv on ``[x; 0]``, forget gate times zero) and is the reference path used by the benchmark and the tests.
+- The step-0 shortcut (docs/models/salstm.md §8.1) is on by default: the first step starts from ``h = c = 0``, so
+  only the input half of the gate conv and only the i, o, g gates are needed (``c_1 = i * g``). It is exact (same
+  math; float32 round-off only) and cuts the head's conv work by 31 %. ``step0_shortcut=False`` runs the official
+  order (full conv on ``[x; 0]``, forget gate times zero) and is the reference path used by the benchmark and the
+  tests.
 - The official LSTMSA sizes its q/k/v maps by the *input* channels, so it only works when input = hidden channels;
   here they are sized by the hidden channels (identical when the two agree, which the release requires).
 - Only a one-layer ConvLSTM is provided (the release uses one layer; ``hidden_channels=[64]``).
@@ -41,18 +42,19 @@ Plug-in models (``create_model("salstm" | "lstmsa", backbone=...)``):
   has the released parameter counts (SALSTM 80,718,392; LSTMSA 80,743,352).
 - The K backbone passes are batched into one call of batch ``B*K`` (the release calls the encoder three times).
   This is exact in eval mode; in training, batch-norm statistics are pooled over the ``B*K`` slices instead of
-  per slice (spec §8.1).
+  per slice (docs/models/salstm.md §8.1).
 - K > 3: the forward direction runs slices ``0, 1, ..., K//2`` and the reverse direction slices
   ``K-1, K-2, ..., K//2``; both end on the centre slice, whose step states feed the attention. K = 3 is the
   release's ``(prev, cur)`` / ``(next, cur)``.
 
 2D images (``salstm2d`` / ``lstmsa2d``) -- a RECONSTRUCTION, not released code. The paper reports 2D experiments
-(ISIC, Synapse) but their code is unreleased (spec §3.6). Here the slab is a scale-space of the backbone's
-feature map F (computed once): slice ``K//2 +- d`` is F average-pooled by ``2**d`` and bilinearly upsampled back,
-so each direction runs coarse to fine, ``F_{2^m}, ..., F_2, F``, and the ConvLSTM memory carries context from
-coarser scales into the full-resolution states that form Q, K, V. This uses only the feature interface (so it
-works on every backbone), keeps the head and its weights identical to the 3D head, and costs one backbone pass.
-``sequence="repeat"`` gives the literal alternative the spec mentions (the same map as every slice).
+(ISIC, Synapse) but their code is unreleased (docs/models/salstm.md §3.6). Here the slab is a scale-space of the
+backbone's feature map F (computed once): slice ``K//2 +- d`` is F average-pooled by ``2**d`` and bilinearly
+upsampled back, so each direction runs coarse to fine, ``F_{2^m}, ..., F_2, F``, and the ConvLSTM memory carries
+context from coarser scales into the full-resolution states that form Q, K, V. This uses only the feature interface
+(so it works on every backbone), keeps the head and its weights identical to the 3D head, and costs one backbone
+pass.
+``sequence="repeat"`` gives the literal alternative (the same map as every slice; docs/models/salstm.md §3.6).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnseg.layers import check_divisible, padded_size
 from attnseg.models.official import load_mapped, register_official
 from attnseg.models.registry import create_model, has_feature_interface, register_model
 
@@ -96,7 +99,8 @@ def scale_from_attention_size(attention_size: float) -> float:
 def channel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
     """Self-attention whose tokens are the channels: ``softmax(scale * Q K^T) V`` over ``[B, C, H, W]`` maps.
 
-    Each of the ``C x C`` logits is a dot product over the ``H*W`` pixels (spec §3.2); cost is linear in ``H*W``.
+    Each of the ``C x C`` logits is a dot product over the ``H*W`` pixels (docs/models/salstm.md §3.2); cost is
+    linear in ``H*W``.
 
     Args:
         query: ``[B, C, H, W]``.
@@ -112,7 +116,7 @@ def channel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 
 
 class ConvLSTMCell(nn.Module):
-    """One ConvLSTM step with a single gate convolution (spec §3.1).
+    """One ConvLSTM step with a single gate convolution (docs/models/salstm.md §3.1).
 
     ``A = conv_k([x; h_{t-1}])`` split into i, f, o, g (that order); ``c_t = f c_{t-1} + i g``,
     ``h_t = o tanh(c_t)``. The conv always has a bias (the official ``bias`` flag is ignored upstream).
@@ -141,7 +145,8 @@ class ConvLSTMCell(nn.Module):
         """
         hc = self.hidden_channels
         if state is None and shortcut:
-            # Step-0 shortcut (spec §8.1): h_0 = c_0 = 0, so only the input half of the conv and gates i, o, g matter.
+            # Step-0 shortcut (docs/models/salstm.md §8.1): h_0 = c_0 = 0, so only the input half of the conv and
+            # gates i, o, g matter.
             w, bias = self.conv.weight, self.conv.bias
             w_iog = torch.cat([w[:hc, : self.in_channels], w[2 * hc :, : self.in_channels]])
             b_iog = torch.cat([bias[:hc], bias[2 * hc :]])
@@ -153,7 +158,7 @@ class ConvLSTMCell(nn.Module):
             zeros = x.new_zeros(x.shape[0], hc, *x.shape[2:])
             state = (zeros, zeros)
         h_prev, c_prev = state
-        # Spec §3.1: gates from one conv over [x_t ; h_{t-1}], split i, f, o, g
+        # docs/models/salstm.md §3.1: gates from one conv over [x_t ; h_{t-1}], split i, f, o, g
         # (Per-gate activations after chunk: its backward is a single cat, the leanest in memory.)
         a_i, a_f, a_o, a_g = self.conv(torch.cat([x, h_prev], dim=1)).chunk(4, dim=1)
         i, f, o, g = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o), torch.tanh(a_g)
@@ -162,7 +167,8 @@ class ConvLSTMCell(nn.Module):
 
 
 class StateSelfAttention(nn.Module):
-    """SALSTM attention: Q = (c+f)/2, K = (g+h)/2, V = h from the last step's states; no parameters (spec §3.2).
+    """SALSTM attention: Q = (c+f)/2, K = (g+h)/2, V = h from the last step's states; no parameters
+    (docs/models/salstm.md §3.2).
 
     Args:
         scale: multiplier of the ``C x C`` logits. Defaults to the released 1/88.
@@ -172,9 +178,10 @@ class StateSelfAttention(nn.Module):
         super().__init__()
         self.scale = float(scale)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor, gates: Mapping[str, torch.Tensor],
-                official_order: bool = False) -> torch.Tensor:
-        # Spec §3.2: fixed linear combinations of the LSTM states as Q, K, V
+    def forward(
+        self, h: torch.Tensor, c: torch.Tensor, gates: Mapping[str, torch.Tensor], official_order: bool = False
+    ) -> torch.Tensor:
+        # docs/models/salstm.md §3.2: fixed linear combinations of the LSTM states as Q, K, V
         if official_order:
             return channel_attention((c + gates["f"]) / 2, (gates["g"] + h) / 2, h, self.scale)
         # The two halvings are powers of two, so folding them into the scale is bit-exact and saves two passes.
@@ -185,7 +192,8 @@ class StateSelfAttention(nn.Module):
 
 
 class GatedStateSelfAttention(nn.Module):
-    """LSTMSA attention: per-pixel linear maps of h, gated by the SALSTM state combinations (spec §3.3).
+    """LSTMSA attention: per-pixel linear maps of h, gated by the SALSTM state combinations
+    (docs/models/salstm.md §3.3).
 
     Args:
         channels: hidden channels C (the maps are C -> C with bias).
@@ -199,10 +207,12 @@ class GatedStateSelfAttention(nn.Module):
         self.k_proj = nn.Linear(channels, channels)
         self.v_proj = nn.Linear(channels, channels)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor, gates: Mapping[str, torch.Tensor],
-                official_order: bool = False) -> torch.Tensor:
-        # Spec §3.3: Q = P_q(h) (c+f)/2, K = P_k(h) (g+h)/2, V = P_v(h) h; one fused 1x1 conv for the three maps
-        ch = h.shape[1]
+    def forward(
+        self, h: torch.Tensor, c: torch.Tensor, gates: Mapping[str, torch.Tensor], official_order: bool = False
+    ) -> torch.Tensor:
+        # docs/models/salstm.md §3.3: Q = P_q(h) (c+f)/2, K = P_k(h) (g+h)/2, V = P_v(h) h; one fused 1x1 conv for
+        # the three maps
+        ch = self.q_proj.in_features  # a module constant, so ONNX export keeps the fused kernel's shape static
         weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]).view(3 * ch, ch, 1, 1)
         bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
         p_q, p_k, p_v = F.conv2d(h, weight, bias).chunk(3, dim=1)
@@ -254,7 +264,7 @@ class TransLSTM(nn.Module):
         for t in range(seq.shape[1]):
             h, c, gates = self.cell(seq[:, t], state, shortcut=self.step0_shortcut)
             state = (h, c)
-        # Spec §3.2/3.3: Q, K, V from the final step's h, c and gates
+        # docs/models/salstm.md §3.2/3.3: Q, K, V from the final step's h, c and gates
         return self.attention(h, c, gates, official_order=not self.step0_shortcut)
 
 
@@ -282,15 +292,19 @@ class BiTransLSTMHead(nn.Module):
         step0_shortcut: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
-                            ("hidden_channels", hidden_channels)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("num_classes", num_classes),
+            ("hidden_channels", hidden_channels),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not attention_scale > 0:
             raise ValueError(f"attention_scale must be > 0 (released: 1/88), got {attention_scale}")
         self.variant = variant
-        kw = dict(variant=variant, kernel_size=kernel_size, attention_scale=attention_scale,
-                  step0_shortcut=step0_shortcut)
+        kw = dict(
+            variant=variant, kernel_size=kernel_size, attention_scale=attention_scale, step0_shortcut=step0_shortcut
+        )
         self.forward_net = TransLSTM(in_channels, hidden_channels, **kw)
         self.reverse_net = TransLSTM(in_channels, hidden_channels, **kw)
         self.classifier = nn.Conv2d(2 * hidden_channels, num_classes, 1)
@@ -310,10 +324,10 @@ class BiTransLSTMHead(nn.Module):
         if x.dim() != 5 or x.shape[1] < 3 or x.shape[1] % 2 == 0:
             raise ValueError(f"expected slice features [B, K, C, H, W] with odd K >= 3, got {tuple(x.shape)}")
         m = x.shape[1] // 2
-        # Spec §2 step 3: forward runs (prev ... centre), reverse runs (next ... centre)
+        # docs/models/salstm.md §2 step 3: forward runs (prev ... centre), reverse runs (next ... centre)
         y_fwd = self.forward_net(x[:, : m + 1])
         y_rev = self.reverse_net(x[:, m:].flip(1))
-        return self.classifier(torch.cat([y_fwd, y_rev], dim=1))  # spec §3.4: [fwd | rev] -> 1x1 conv
+        return self.classifier(torch.cat([y_fwd, y_rev], dim=1))  # docs/models/salstm.md §3.4: [fwd | rev] -> 1x1 conv
 
 
 def _check_backbone(backbone: nn.Module, name: str) -> None:
@@ -324,8 +338,20 @@ def _check_backbone(backbone: nn.Module, name: str) -> None:
         )
 
 
-def _build_backbone(backbone: str | nn.Module, in_channels: int, hidden_channels: int,
-                    backbone_kwargs: Mapping[str, Any] | None) -> nn.Module:
+def _backbone_unused_parameters(backbone: nn.Module) -> dict[str, str]:
+    declared = getattr(backbone, "unused_parameters", None)
+    return {f"backbone.{prefix}": why for prefix, why in declared().items()} if callable(declared) else {}
+
+
+def _validate_backbone_size(backbone: nn.Module, spatial: tuple[int, ...]) -> None:
+    validate = getattr(backbone, "validate_input_size", None)
+    if callable(validate):
+        validate(tuple(spatial))
+
+
+def _build_backbone(
+    backbone: str | nn.Module, in_channels: int, hidden_channels: int, backbone_kwargs: Mapping[str, Any] | None
+) -> nn.Module:
     if isinstance(backbone, nn.Module):
         net = backbone
         name = type(backbone).__name__
@@ -341,6 +367,9 @@ def _build_backbone(backbone: str | nn.Module, in_channels: int, hidden_channels
 
 class SliceContextNet(nn.Module):
     """Backbone on each of K adjacent slices + :class:`BiTransLSTMHead`, predicting the centre slice.
+
+    Unused parameters: the backbone's, if it declares any (:meth:`unused_parameters`); the default ``"mtunet"``
+    backbone keeps the official never-called axial output Linears for the released parameter count.
 
     Args:
         backbone: a feature-interface model whose ``forward_head`` outputs ``in_channels`` of the head
@@ -365,9 +394,11 @@ class SliceContextNet(nn.Module):
             spatial = spatial[1:]
         if len(spatial) != 2:
             raise ValueError(f"expected (H, W) or (K, H, W), got {spatial}")
-        validate = getattr(self.backbone, "validate_input_size", None)
-        if callable(validate):
-            validate(tuple(spatial))
+        _validate_backbone_size(self.backbone, spatial)
+
+    def unused_parameters(self) -> dict[str, str]:
+        """Prefixes of parameters the forward never uses: the backbone's declared ones, under ``backbone.``."""
+        return _backbone_unused_parameters(self.backbone)
 
     def slice_features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features of every slice, batched into one call: ``[B, C, K, H, W] -> [B, K, C', H, W]``."""
@@ -392,6 +423,8 @@ class SliceContextNet(nn.Module):
 class ScaleContextNet(nn.Module):
     """2D reconstruction: the head runs over a scale-space slab of one backbone feature map (see module docstring).
 
+    Unused parameters: the backbone's, if it declares any (:meth:`unused_parameters`; none for the default ``"unet"``).
+
     Slice ``K//2 +- d`` of the slab is the feature map average-pooled by ``2**d`` and bilinearly upsampled to full
     size; the centre is the map itself. ``sequence="repeat"`` uses the map itself for every slice.
 
@@ -402,8 +435,9 @@ class ScaleContextNet(nn.Module):
         sequence: ``"pyramid"`` (default) or ``"repeat"``.
     """
 
-    def __init__(self, backbone: nn.Module, head: BiTransLSTMHead, slab_size: int = 3,
-                 sequence: str = "pyramid") -> None:
+    def __init__(
+        self, backbone: nn.Module, head: BiTransLSTMHead, slab_size: int = 3, sequence: str = "pyramid"
+    ) -> None:
         super().__init__()
         if slab_size < 3 or slab_size % 2 == 0:
             raise ValueError(f"slab_size must be odd and >= 3, got {slab_size}")
@@ -418,17 +452,21 @@ class ScaleContextNet(nn.Module):
         self.divisor = 2 ** (slab_size // 2) if sequence == "pyramid" else 1
 
     def validate_input_size(self, spatial: tuple[int, ...]) -> None:
-        if len(spatial) != 2:
-            raise ValueError(f"this is a 2D model, got input size {spatial}")
-        if any(s % self.divisor for s in spatial):
-            padded = tuple(-(-s // self.divisor) * self.divisor for s in spatial)
-            raise ValueError(
-                f"input sides must be multiples of {self.divisor} (scale pyramid of {self.levels} levels); "
-                f"got {spatial}, pad to {padded}"
-            )
-        validate = getattr(self.backbone, "validate_input_size", None)
-        if callable(validate):
-            validate(tuple(spatial))
+        why = f"scale pyramid of {self.levels} levels"
+        try:
+            check_divisible(spatial, self.divisor, what=f"{self.head.variant.upper()} 2D input", why=why, ndim=2)
+        except ValueError as err:
+            if len(spatial) == 2:  # the padded size must suit the backbone too: otherwise say what it needs
+                try:
+                    _validate_backbone_size(self.backbone, padded_size(spatial, self.divisor))
+                except ValueError as backbone_err:
+                    raise ValueError(f"{err}; the backbone rejects that too: {backbone_err}") from None
+            raise
+        _validate_backbone_size(self.backbone, spatial)
+
+    def unused_parameters(self) -> dict[str, str]:
+        """Prefixes of parameters the forward never uses: the backbone's declared ones, under ``backbone.``."""
+        return _backbone_unused_parameters(self.backbone)
 
     def scale_slab(self, feats: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W] -> [B, K, C, H, W]``: coarse-to-fine scale space, symmetric around the map itself."""
@@ -455,30 +493,60 @@ def _head_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: kwargs.pop(k) for k in ("kernel_size", "attention_scale", "step0_shortcut") if k in kwargs}
 
 
-def _slice_model(variant: str, in_channels: int, num_classes: int, backbone: str | nn.Module,
-                 backbone_kwargs: Mapping[str, Any] | None, slab_size: int, hidden_channels: int,
-                 **kwargs: Any) -> SliceContextNet:
-    head_kw = _head_kwargs(kwargs)
-    if kwargs:
-        raise ValueError(f"unknown option(s) {sorted(kwargs)}; pass backbone options as backbone_kwargs={{...}}")
+def _backbone_and_head(
+    variant: str,
+    in_channels: int,
+    num_classes: int,
+    backbone: str | nn.Module,
+    backbone_kwargs: Mapping[str, Any] | None,
+    hidden_channels: int,
+    options: dict[str, Any],
+) -> tuple[nn.Module, BiTransLSTMHead]:
+    head_kw = _head_kwargs(options)
+    if options:
+        raise ValueError(f"unknown option(s) {sorted(options)}; pass backbone options as backbone_kwargs={{...}}")
     net = _build_backbone(backbone, in_channels, hidden_channels, backbone_kwargs)
-    head = BiTransLSTMHead(hidden_channels, num_classes, hidden_channels, variant=variant, **head_kw)
+    return net, BiTransLSTMHead(hidden_channels, num_classes, hidden_channels, variant=variant, **head_kw)
+
+
+def _slice_model(
+    variant: str,
+    in_channels: int,
+    num_classes: int,
+    backbone: str | nn.Module = "mtunet",
+    backbone_kwargs: Mapping[str, Any] | None = None,
+    slab_size: int = 3,
+    hidden_channels: int = 64,
+    **options: Any,
+) -> SliceContextNet:
+    """The slab model of ``variant``; the options are documented at :func:`salstm`."""
+    net, head = _backbone_and_head(
+        variant, in_channels, num_classes, backbone, backbone_kwargs, hidden_channels, options
+    )
     return SliceContextNet(net, head, slab_size)
 
 
-def _scale_model(variant: str, in_channels: int, num_classes: int, backbone: str | nn.Module,
-                 backbone_kwargs: Mapping[str, Any] | None, slab_size: int, hidden_channels: int,
-                 sequence: str, **kwargs: Any) -> ScaleContextNet:
-    head_kw = _head_kwargs(kwargs)
-    if kwargs:
-        raise ValueError(f"unknown option(s) {sorted(kwargs)}; pass backbone options as backbone_kwargs={{...}}")
-    net = _build_backbone(backbone, in_channels, hidden_channels, backbone_kwargs)
-    head = BiTransLSTMHead(hidden_channels, num_classes, hidden_channels, variant=variant, **head_kw)
+def _scale_model(
+    variant: str,
+    in_channels: int,
+    num_classes: int,
+    backbone: str | nn.Module = "unet",
+    backbone_kwargs: Mapping[str, Any] | None = None,
+    slab_size: int = 3,
+    hidden_channels: int = 64,
+    sequence: str = "pyramid",
+    **options: Any,
+) -> ScaleContextNet:
+    """The 2D scale-space model of ``variant``; the options are documented at :func:`salstm2d`."""
+    net, head = _backbone_and_head(
+        variant, in_channels, num_classes, backbone, backbone_kwargs, hidden_channels, options
+    )
     return ScaleContextNet(net, head, slab_size, sequence)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Official weights: model.SALSTM / model.LSTMSA (encoder=MTUNet(64) for the release, or Identity for head fixtures)
+
 
 def _official_head_rename(key: str) -> str | None:
     parts = key.split(".")
@@ -493,9 +561,17 @@ def _official_head_rename(key: str) -> str | None:
     return None
 
 
-def _load_official(variant: str, state_dict: dict[str, torch.Tensor], input_channels: int = 64,
-                   hidden_channels: Sequence[int] = (64,), kernel_size: int = 5, bias: bool = True,
-                   num_classes: int = 4, attenion_size: float = 224 * 224, **extra: Any) -> nn.Module:
+def _load_official(
+    variant: str,
+    state_dict: dict[str, torch.Tensor],
+    input_channels: int = 64,
+    hidden_channels: Sequence[int] = (64,),
+    kernel_size: int = 5,
+    bias: bool = True,
+    num_classes: int = 4,
+    attenion_size: float = 224 * 224,
+    **extra: Any,
+) -> nn.Module:
     if extra.get("encoder") is not None and not isinstance(extra.get("encoder"), str):
         raise ValueError("pass the encoder's weights in the state dict (keys 'encoder.*'), not an encoder module")
     extra.pop("encoder", None)
@@ -507,8 +583,14 @@ def _load_official(variant: str, state_dict: dict[str, torch.Tensor], input_chan
     hidden = int(hidden_channels[0])
     if variant == "lstmsa" and input_channels != hidden:
         raise ValueError(f"official LSTMSA needs input_channels == hidden_channels, got {input_channels}, {hidden}")
-    head = BiTransLSTMHead(input_channels, num_classes, hidden, variant=variant, kernel_size=kernel_size,
-                           attention_scale=scale_from_attention_size(attenion_size))
+    head = BiTransLSTMHead(
+        input_channels,
+        num_classes,
+        hidden,
+        variant=variant,
+        kernel_size=kernel_size,
+        attention_scale=scale_from_attention_size(attenion_size),
+    )
     if not any(k.startswith("encoder.") for k in state_dict):
         # Head-only state dict (encoder = Identity, as in the fixtures): returns the head itself.
         return load_mapped(head, state_dict, lambda k: _rename_prefixed(k, "lstmlayer.", "", _official_head_rename))
@@ -520,7 +602,7 @@ def _load_official(variant: str, state_dict: dict[str, torch.Tensor], input_chan
 
     def rename(key: str) -> str | None:
         if key.startswith("encoder."):
-            ours = official_mtunet_rename(key[len("encoder."):])
+            ours = official_mtunet_rename(key[len("encoder.") :])
             return None if ours is None else "backbone." + ours
         return _rename_prefixed(key, "lstmlayer.", "head.", _official_head_rename)
 
@@ -530,7 +612,7 @@ def _load_official(variant: str, state_dict: dict[str, torch.Tensor], input_chan
 def _rename_prefixed(key: str, official_prefix: str, our_prefix: str, inner: Any) -> str | None:
     if not key.startswith(official_prefix):
         return None
-    ours = inner(key[len(official_prefix):])
+    ours = inner(key[len(official_prefix) :])
     return None if ours is None else our_prefix + ours
 
 
@@ -549,83 +631,97 @@ def _load_official_lstmsa(state_dict: dict[str, torch.Tensor], **kwargs: Any) ->
 # ----------------------------------------------------------------------------------------------------------------
 # Registered factories
 
-@register_model("salstm", spatial_dims=2, paper=_PAPER, official_repo=_REPO, default_input_size=(224, 224),
-                tags=("slab",))
-def salstm(in_channels: int, num_classes: int, backbone: str | nn.Module = "mtunet",
-           backbone_kwargs: Mapping[str, Any] | None = None, slab_size: int = 3, hidden_channels: int = 64,
-           **kwargs: Any) -> SliceContextNet:
+# CPU-sized configurations for the conformance suite: the default backbones (MT-UNet; U-Net), narrow and small.
+# input_divisor is the default backbone's (MT-UNet takes only img_size, a multiple of 32; U-Net: multiples of 16).
+_TEST_SLICE = {"backbone_kwargs": {"img_size": 64, "stem_channels": 8, "embed_dim": 16}, "hidden_channels": 8}
+_TEST_SCALE = {"backbone_kwargs": {"width": 8}, "hidden_channels": 8}
+
+
+@register_model(
+    "salstm",
+    spatial_dims=2,
+    paper=_PAPER,
+    official_repo=_REPO,
+    input_divisor=32,
+    default_input_size=(224, 224),
+    tags=("slab",),
+    onnx_export=True,
+    torch_compile=True,
+    test_kwargs=_TEST_SLICE,
+    test_input_size=(64, 64),
+)
+def salstm(in_channels: int, num_classes: int, **kwargs: Any) -> SliceContextNet:
     """SALSTM on a slab of adjacent slices; ``backbone="mtunet"`` (default) is the released ACDC model.
 
     Args:
         in_channels: image channels.
         num_classes: logit channels.
-        backbone: registry name (or module) with the feature interface. Defaults to ``"mtunet"`` (the release).
-        backbone_kwargs: extra options for the backbone factory.
-        slab_size: K adjacent slices (odd, >= 3). Defaults to 3.
-        hidden_channels: width of the backbone output and ConvLSTM. Defaults to 64.
-        **kwargs: head options ``kernel_size``, ``attention_scale`` (default 1/88), ``step0_shortcut``.
+        **kwargs: ``backbone``, a registry name (or module) with the feature interface (default ``"mtunet"``, the
+            release); ``backbone_kwargs``, extra options for the backbone factory; ``slab_size``, K adjacent slices
+            (odd, >= 3; default 3); ``hidden_channels``, the width of the backbone output and ConvLSTM (default 64);
+            and the head options ``kernel_size``, ``attention_scale`` (default 1/88), ``step0_shortcut``.
     """
-    return _slice_model("salstm", in_channels, num_classes, backbone, backbone_kwargs, slab_size, hidden_channels,
-                        **kwargs)
+    return _slice_model("salstm", in_channels, num_classes, **kwargs)
 
 
-@register_model("lstmsa", spatial_dims=2, paper=_PAPER, official_repo=_REPO, default_input_size=(224, 224),
-                tags=("slab",))
-def lstmsa(in_channels: int, num_classes: int, backbone: str | nn.Module = "mtunet",
-           backbone_kwargs: Mapping[str, Any] | None = None, slab_size: int = 3, hidden_channels: int = 64,
-           **kwargs: Any) -> SliceContextNet:
-    """LSTMSA on a slab of adjacent slices; ``backbone="mtunet"`` (default) is the released ACDC model.
-
-    Args:
-        in_channels: image channels.
-        num_classes: logit channels.
-        backbone: registry name (or module) with the feature interface. Defaults to ``"mtunet"`` (the release).
-        backbone_kwargs: extra options for the backbone factory.
-        slab_size: K adjacent slices (odd, >= 3). Defaults to 3.
-        hidden_channels: width of the backbone output and ConvLSTM. Defaults to 64.
-        **kwargs: head options ``kernel_size``, ``attention_scale`` (default 1/88), ``step0_shortcut``.
-    """
-    return _slice_model("lstmsa", in_channels, num_classes, backbone, backbone_kwargs, slab_size, hidden_channels,
-                        **kwargs)
+@register_model(
+    "lstmsa",
+    spatial_dims=2,
+    paper=_PAPER,
+    official_repo=_REPO,
+    input_divisor=32,
+    default_input_size=(224, 224),
+    tags=("slab",),
+    onnx_export=True,
+    torch_compile=True,
+    test_kwargs=_TEST_SLICE,
+    test_input_size=(64, 64),
+)
+def lstmsa(in_channels: int, num_classes: int, **kwargs: Any) -> SliceContextNet:
+    """LSTMSA on a slab of adjacent slices; options and defaults as :func:`salstm` (``"mtunet"``: the release)."""
+    return _slice_model("lstmsa", in_channels, num_classes, **kwargs)
 
 
-@register_model("salstm2d", spatial_dims=2, paper=_PAPER + " (2D variant: reconstruction)", official_repo=_REPO,
-                default_input_size=(224, 224))
-def salstm2d(in_channels: int, num_classes: int, backbone: str | nn.Module = "unet",
-             backbone_kwargs: Mapping[str, Any] | None = None, slab_size: int = 3, hidden_channels: int = 64,
-             sequence: str = "pyramid", **kwargs: Any) -> ScaleContextNet:
+@register_model(
+    "salstm2d",
+    spatial_dims=2,
+    paper=_PAPER + " (2D variant: reconstruction)",
+    official_repo=_REPO,
+    input_divisor=16,
+    default_input_size=(224, 224),
+    onnx_export=True,
+    torch_compile=True,
+    test_kwargs=_TEST_SCALE,
+    test_input_size=(32, 32),
+)
+def salstm2d(in_channels: int, num_classes: int, **kwargs: Any) -> ScaleContextNet:
     """SALSTM for 2D images over a scale-space slab of the backbone features (a reconstruction; see module doc).
 
     Args:
         in_channels: image channels.
         num_classes: logit channels.
-        backbone: registry name (or module) with the feature interface. Defaults to ``"unet"``.
-        backbone_kwargs: extra options for the backbone factory.
-        slab_size: pseudo-slices K (odd, >= 3); coarsest level pooled by ``2**(K//2)``. Defaults to 3.
-        hidden_channels: width of the backbone output and ConvLSTM. Defaults to 64.
-        sequence: ``"pyramid"`` (scale space) or ``"repeat"`` (same map as every slice). Defaults to "pyramid".
-        **kwargs: head options ``kernel_size``, ``attention_scale`` (default 1/88), ``step0_shortcut``.
+        **kwargs: ``backbone``, a registry name (or module) with the feature interface (default ``"unet"``);
+            ``backbone_kwargs``, extra options for the backbone factory; ``slab_size``, pseudo-slices K (odd, >= 3;
+            the coarsest level is pooled by ``2**(K//2)``; default 3); ``hidden_channels``, the width of the backbone
+            output and ConvLSTM (default 64); ``sequence``, ``"pyramid"`` (scale space, default) or ``"repeat"``
+            (the same map as every slice); and the head options ``kernel_size``, ``attention_scale`` (default
+            1/88), ``step0_shortcut``.
     """
-    return _scale_model("salstm", in_channels, num_classes, backbone, backbone_kwargs, slab_size, hidden_channels,
-                        sequence, **kwargs)
+    return _scale_model("salstm", in_channels, num_classes, **kwargs)
 
 
-@register_model("lstmsa2d", spatial_dims=2, paper=_PAPER + " (2D variant: reconstruction)", official_repo=_REPO,
-                default_input_size=(224, 224))
-def lstmsa2d(in_channels: int, num_classes: int, backbone: str | nn.Module = "unet",
-             backbone_kwargs: Mapping[str, Any] | None = None, slab_size: int = 3, hidden_channels: int = 64,
-             sequence: str = "pyramid", **kwargs: Any) -> ScaleContextNet:
-    """LSTMSA for 2D images over a scale-space slab of the backbone features (a reconstruction; see module doc).
-
-    Args:
-        in_channels: image channels.
-        num_classes: logit channels.
-        backbone: registry name (or module) with the feature interface. Defaults to ``"unet"``.
-        backbone_kwargs: extra options for the backbone factory.
-        slab_size: pseudo-slices K (odd, >= 3); coarsest level pooled by ``2**(K//2)``. Defaults to 3.
-        hidden_channels: width of the backbone output and ConvLSTM. Defaults to 64.
-        sequence: ``"pyramid"`` (scale space) or ``"repeat"`` (same map as every slice). Defaults to "pyramid".
-        **kwargs: head options ``kernel_size``, ``attention_scale`` (default 1/88), ``step0_shortcut``.
-    """
-    return _scale_model("lstmsa", in_channels, num_classes, backbone, backbone_kwargs, slab_size, hidden_channels,
-                        sequence, **kwargs)
+@register_model(
+    "lstmsa2d",
+    spatial_dims=2,
+    paper=_PAPER + " (2D variant: reconstruction)",
+    official_repo=_REPO,
+    input_divisor=16,
+    default_input_size=(224, 224),
+    onnx_export=True,
+    torch_compile=True,
+    test_kwargs=_TEST_SCALE,
+    test_input_size=(32, 32),
+)
+def lstmsa2d(in_channels: int, num_classes: int, **kwargs: Any) -> ScaleContextNet:
+    """LSTMSA for 2D images over a scale-space slab (a reconstruction); options and defaults as :func:`salstm2d`."""
+    return _scale_model("lstmsa", in_channels, num_classes, **kwargs)

@@ -11,6 +11,7 @@ import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
 
+from attnseg.layers import check_divisible
 from attnseg.models.registry import register_model
 
 __all__ = ["UNet"]
@@ -34,10 +35,10 @@ class UNet(nn.Module):
         self, in_channels: int, num_classes: int, spatial_dims: int = 2, width: int = 32, dropout: float = 0.0
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         w = int(width)
         self.spatial_dims = spatial_dims
         self.net = BasicUNet(
@@ -50,12 +51,13 @@ class UNet(nn.Module):
         self.feature_channels = w
 
     def validate_input_size(self, spatial: tuple[int, ...]) -> None:
-        if len(spatial) != self.spatial_dims:
-            raise ValueError(f"this U-Net is {self.spatial_dims}D but got a {len(spatial)}D input size {spatial}")
-        if any(s % self.divisor or s < self.divisor for s in spatial):
-            padded = tuple(max(self.divisor, -(-s // self.divisor) * self.divisor) for s in spatial)
-            raise ValueError(f"input sides must be multiples of {self.divisor} (four 2x poolings), got {spatial}; "
-                             f"use {padded}")
+        check_divisible(spatial, self.divisor, what="U-Net input", why="four 2x poolings", ndim=self.spatial_dims)
+        if all(int(s) == self.divisor for s in spatial):  # a 1x1 bottleneck: instance norm needs two values or more
+            larger = (2 * self.divisor, *spatial[1:])
+            raise ValueError(
+                f"U-Net input {tuple(spatial)}: the 1/{self.divisor} bottleneck would be a single voxel; "
+                f"use a larger side, e.g. {'x'.join(map(str, larger))}, i.e. {larger}"
+            )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net
@@ -80,14 +82,33 @@ class UNet(nn.Module):
 _UNET_PAPER = "Ronneberger et al., U-Net, MICCAI 2015 (MONAI BasicUNet)"
 
 
-@register_model("unet", spatial_dims=2, paper=_UNET_PAPER, input_divisor=16, default_input_size=(224, 224))
+@register_model(
+    "unet",
+    spatial_dims=2,
+    paper=_UNET_PAPER,
+    input_divisor=16,
+    default_input_size=(224, 224),
+    onnx_export=True,
+    torch_compile=True,
+    test_kwargs={"width": 8},
+    test_input_size=(32, 32),
+)
 def unet(in_channels: int, num_classes: int, width: int = 32, dropout: float = 0.0) -> UNet:
     """2D U-Net baseline."""
     return UNet(in_channels, num_classes, spatial_dims=2, width=width, dropout=dropout)
 
 
-@register_model("unet3d", spatial_dims=3, paper="Cicek et al., 3D U-Net, MICCAI 2016 (MONAI BasicUNet)",
-                input_divisor=16, default_input_size=(96, 96, 96))
+@register_model(
+    "unet3d",
+    spatial_dims=3,
+    paper="Cicek et al., 3D U-Net, MICCAI 2016 (MONAI BasicUNet)",
+    input_divisor=16,
+    default_input_size=(96, 96, 96),
+    onnx_export=True,
+    torch_compile=True,
+    test_kwargs={"width": 4},
+    test_input_size=(32, 32, 32),
+)
 def unet3d(in_channels: int, num_classes: int, width: int = 16, dropout: float = 0.0) -> UNet:
     """3D U-Net baseline."""
     return UNet(in_channels, num_classes, spatial_dims=3, width=width, dropout=dropout)

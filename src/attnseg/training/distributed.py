@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "is_main", "world_size", "rank", "barrier", "gather_objects", "cleanup"]
+__all__ = ["init_distributed", "is_main", "world_size", "rank", "gather_objects"]
 
 
 def init_distributed(device: torch.device) -> bool:
@@ -33,11 +33,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (in rank order), on every rank."""
     if not dist.is_initialized():
@@ -45,8 +40,3 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()

@@ -49,8 +49,11 @@ def build_loss(name: str, num_classes: int) -> nn.Module:
     if name == "dice_ce":
         if num_classes == 1:
             return build_loss("bce_dice", 1)
-        return _OneHotTarget(DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True,
-                                        smooth_nr=1e-5, smooth_dr=1e-5))
+        return _OneHotTarget(
+            DiceCELoss(
+                to_onehot_y=True, softmax=True, include_background=False, batch=True, smooth_nr=1e-5, smooth_dr=1e-5
+            )
+        )
     if name == "bce_dice":
         if num_classes != 1:
             raise ValueError(f"--loss bce_dice needs a single-logit binary model (num_classes=1), got {num_classes}")

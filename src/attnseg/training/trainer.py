@@ -1,19 +1,22 @@
-"""A plain-PyTorch trainer in nnU-Net's style: hyperparameters as attributes, the loop as a list of hooks.
+"""A plain-PyTorch trainer in nnU-Net's style: hyperparameters as attributes, the loop as a list of named hooks.
 
-Override ``build_model``, ``build_loss``, ``build_optimizer``, ``build_scheduler`` or ``train_step`` in a subclass to
-change one thing. Iteration-based: the run is ``total_iterations`` optimiser steps; an "epoch" is
-``iterations_per_epoch`` steps (default: one pass over the training images or slices). Validation runs on the
-validation split of the fold (never on test) every ``val_every`` steps and selects the ``best`` checkpoint.
+:meth:`Trainer.run` is ``on_train_start`` -> (``train_step`` -> ``on_step_end`` -> ``on_validation`` when due ->
+``on_checkpoint``) per iteration -> ``on_train_end``. Override one hook, or one of the factories ``build_model``,
+``build_loss``, ``build_optimizer``, ``build_scheduler``, in a subclass registered with :func:`register_trainer`; a
+recipe then selects it with ``trainer: NAME`` (nnU-Net's ``-tr``).
+
+Iteration-based: the run is ``total_iterations`` optimiser steps; an "epoch" is ``iterations_per_epoch`` steps
+(default: one pass over the training images or slices). Validation runs on the validation split of the fold (never on
+test) every ``val_every`` steps and selects the ``best`` checkpoint. The run directory is written through
+:class:`attnseg.runs.RunDir`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import random
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,30 +24,43 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from attnseg.config import ConfigError, TrainConfig, config_to_dict
+from attnseg.config import ConfigError, TrainConfig, config_to_dict, resolve_device
 from attnseg.data.datasets import CaseCache, SliceSampler
-from attnseg.data.layout import DatasetError, DatasetInfo, load_dataset, load_splits
+from attnseg.data.layout import DatasetInfo, load_dataset, load_splits
 from attnseg.data.preprocess import Plan, load_case, make_plan, preprocess_case
-from attnseg.evaluation.metrics import confusion_counts, dice_from_counts
 from attnseg.inference.sliding_window import predict_probabilities
+from attnseg.metrics import confusion_counts, dice_from_counts
 from attnseg.models.registry import check_input_size, create_model, model_info
-from attnseg.training import checkpoint as ckpt
+from attnseg.runs import RunDir, unwrap
 from attnseg.training import distributed as ddp
 from attnseg.training.losses import build_loss
 
-__all__ = ["Trainer", "resolve_device", "dice_per_class"]
+__all__ = ["Trainer", "register_trainer", "get_trainer", "list_trainers", "train", "dice_per_class"]
+
+_TRAINERS: dict[str, type[Trainer]] = {}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a valid torch device (auto, cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return device
+def register_trainer(name: str) -> Callable[[type[Trainer]], type[Trainer]]:
+    """Class decorator: make a :class:`Trainer` subclass selectable as ``trainer: NAME`` in a recipe."""
+
+    def decorator(cls: type[Trainer]) -> type[Trainer]:
+        if name in _TRAINERS and _TRAINERS[name] is not cls:
+            raise ValueError(f"trainer name {name!r} is already registered by {_TRAINERS[name].__qualname__}")
+        _TRAINERS[name] = cls
+        return cls
+
+    return decorator
+
+
+def list_trainers() -> list[str]:
+    return sorted(_TRAINERS)
+
+
+def get_trainer(name: str) -> type[Trainer]:
+    """The trainer class registered as ``name``; a :class:`ConfigError` lists the names otherwise."""
+    if name not in _TRAINERS:
+        raise ConfigError(f"{name!r} is not registered (available: {', '.join(list_trainers())})", option="trainer")
+    return _TRAINERS[name]
 
 
 def dice_per_class(pred: np.ndarray, gt: np.ndarray, labels: list[int]) -> dict[int, float]:
@@ -71,24 +87,44 @@ class _RankSampler(Sampler[int]):
         return (self.total - self.start) * self.batch
 
 
+@register_trainer("default")
 class Trainer:
-    """Trains one model on one fold of a dataset into a run directory."""
+    """Trains one model on one fold of a dataset into a run directory.
+
+    Args:
+        cfg: the resolved configuration.
+        resume: continue the run in ``cfg.out`` from its ``last`` checkpoint.
+        progress: show a progress bar (rank 0 only).
+    """
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> None:
         cfg.validate()
         self.cfg = cfg
         self.resume = resume
         self.progress = progress
-        self.run_dir = Path(cfg.out)
+        self.run_dir = RunDir(cfg.out)
         self.device = resolve_device(cfg.device)
         self.model: nn.Module | None = None  # -> setup()
         self.iteration = 0
         self.best_metric = -math.inf
+        self.last_validation: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
+        self._running: list[float] = []
+        self._log_fields: list[str] | None = None
+        self._writer = None  # TensorBoard, rank 0 -> on_train_start()
+        self._progress_bar = None
 
     # ----------------------------------------------------------------------------------------------- build hooks
     def build_model(self, in_channels: int, num_classes: int) -> nn.Module:
-        return create_model(self.cfg.model, in_channels, num_classes, **self.cfg.model_kwargs)
+        c = self.cfg
+        try:
+            return create_model(c.model, in_channels, num_classes, **c.model_kwargs)
+        except TypeError as exc:  # an option the factory does not take
+            if "argument" not in str(exc):
+                raise
+            raise ConfigError(
+                f"{c.model_kwargs}: model {c.model!r} does not take this option ({exc})", option="model_kwargs"
+            ) from None
 
     def build_loss(self, num_classes: int) -> nn.Module:
         return build_loss(self.cfg.loss, num_classes)
@@ -102,133 +138,150 @@ class Trainer:
         return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        c, total = self.cfg, self.total_iterations
+        """Linear warm-up over ``warmup_iterations``, then the schedule over the remaining steps.
 
-        def factor(step: int) -> float:
-            if c.warmup_iterations and step < c.warmup_iterations:
-                return (step + 1) / c.warmup_iterations
-            progress = min(step / max(total, 1), 1.0)
-            if c.scheduler == "poly":  # lr = base * (1 - t/T)^0.9 (TransUNet/nnU-Net)
-                return (1 - progress) ** c.poly_power
-            if c.scheduler == "cosine":  # cosine annealing to min_lr over the run
-                floor = c.min_lr / c.lr
-                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-            return 1.0
+        ``poly``: lr = base (1 - t/T)^0.9 (TransUNet, nnU-Net); ``cosine``: cosine annealing to ``min_lr``;
+        ``constant``.
+        """
+        from torch.optim import lr_scheduler as sched
 
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        c = self.cfg
+        warmup = min(c.warmup_iterations, max(self.total_iterations - 1, 0))
+        steps = max(self.total_iterations - warmup, 1)
+        if c.scheduler == "poly":
+            main = sched.PolynomialLR(optimizer, total_iters=steps, power=c.poly_power)
+        elif c.scheduler == "cosine":
+            main = sched.CosineAnnealingLR(optimizer, T_max=steps, eta_min=c.min_lr)
+        else:
+            main = sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        if warmup <= 1:
+            return main
+        # step k < warmup: lr = base (k + 1) / warmup
+        ramp = sched.LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup - 1)
+        return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
     # ------------------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
         """Validate everything that can fail before anything is written to the run directory."""
         c = self.cfg
         if not c.out:
-            raise ConfigError("--out (run directory) is required")
+            raise ConfigError("the run directory is required", option="out")
         info = load_dataset(c.data)
         self.info: DatasetInfo = info
-        splits = load_splits(info, write_if_missing=not self.resume)
-        fold = c.fold if not c.fold.isdigit() else f"fold{c.fold}"
-        if fold == "all":
-            train_ids, val_ids = info.training_cases(), []
-        elif fold not in splits or not isinstance(splits[fold], dict):
-            names = [k for k, v in splits.items() if isinstance(v, dict)]
-            raise ConfigError(f"--fold {c.fold!r} is not in {info.root / 'splits.json'} (available: {names + ['all']})")
-        else:
-            train_ids, val_ids = list(splits[fold]["train"]), list(splits[fold].get("val", []))
-        test_ids = set(splits.get("test", [])) if isinstance(splits.get("test"), list) else set()
-        if isinstance(splits.get(fold), dict) and "test" in splits[fold]:
-            test_ids = set(splits[fold]["test"])  # a named split (e.g. ACDC "official") defines its own test set
-        if (set(val_ids) | set(train_ids)) & test_ids:
-            overlap = sorted((set(val_ids) | set(train_ids)) & test_ids)
-            raise ConfigError(f"fold {fold!r}: cases {overlap[:5]} are both in train/val and in the test split; "
-                              "training and checkpoint selection must not see test cases")
-        if not train_ids:
-            raise ConfigError(f"fold {fold!r} has no training cases")
-        self.train_ids, self.val_ids = train_ids, val_ids
+        self.train_ids, self.val_ids = self._fold_cases(info)
 
         meta = model_info(c.model)
         binary = c.loss in ("bce_dice", "bce")
         if binary and info.num_classes != 2:
-            raise ConfigError(f"--loss {c.loss} is for binary datasets; {info.root} has {info.num_classes - 1} labels")
+            raise ConfigError(
+                f"{c.loss} is for binary datasets; {info.root} has {info.num_classes - 1} labels", option="loss"
+            )
         num_classes = 1 if binary else info.num_classes
         in_channels = 3 if info.is_rgb else info.num_channels
+        if len(c.input_size) != meta.spatial_dims:
+            raise ConfigError(
+                f"{c.input_size}: model {c.model!r} is {meta.spatial_dims}D and needs {meta.spatial_dims} sizes",
+                option="input_size",
+            )
+        if c.compile and not getattr(meta, "torch_compile", True):
+            raise ConfigError(f"model {c.model!r} does not support torch.compile", option="compile")
         self.model = self.build_model(in_channels, num_classes)
-        spatial_dims = meta.spatial_dims
-        if len(c.input_size) != spatial_dims:
-            raise ConfigError(f"--input-size {c.input_size}: model {c.model!r} is {spatial_dims}D and needs "
-                              f"{spatial_dims} sizes")
         try:
             check_input_size(self.model, c.input_size)
         except ValueError as exc:
-            raise ConfigError(f"--input-size {' '.join(map(str, c.input_size))}: {exc}") from None
+            raise ConfigError(f"{' '.join(map(str, c.input_size))}: {exc}", option="input_size") from None
         self.slab = c.slab_size or int(getattr(self.model, "slab_size", 1))
-        self.spatial_dims, self.num_classes = spatial_dims, num_classes
+        self.spatial_dims, self.num_classes = meta.spatial_dims, num_classes
         self._probe_forward(in_channels)
 
-        self.plan: Plan = make_plan(info, train_ids, geometry=c.geometry, input_size=c.input_size,
-                                    spatial_dims=spatial_dims, target_spacing=c.target_spacing,
-                                    ct_window=tuple(c.ct_window), ct_clip_hu=c.ct_clip_hu, seed=c.seed)
+        self.plan: Plan = make_plan(
+            info,
+            self.train_ids,
+            geometry=c.geometry,
+            input_size=c.input_size,
+            spatial_dims=self.spatial_dims,
+            target_spacing=c.target_spacing,
+            ct_window=tuple(c.ct_window),
+            ct_clip_hu=c.ct_clip_hu,
+            seed=c.seed,
+        )
         self.plan.num_classes = num_classes
-        train_cases = [preprocess_case(cid, *load_case(info.cases[cid], info), self.plan) for cid in train_ids]
-        self.val_cases = [preprocess_case(cid, *load_case(info.cases[cid], info), self.plan) for cid in val_ids]
-        self.cache = CaseCache(train_cases, spatial_dims, seed=c.seed)
-        samples = self.cache.num_slices if spatial_dims == 2 else len(train_cases)
+        train_cases = [preprocess_case(cid, *load_case(info.cases[cid], info), self.plan) for cid in self.train_ids]
+        self.val_cases = [preprocess_case(cid, *load_case(info.cases[cid], info), self.plan) for cid in self.val_ids]
+        self.cache = CaseCache(train_cases, self.spatial_dims, seed=c.seed)
+        samples = self.cache.num_slices if self.spatial_dims == 2 else len(train_cases)
         world = ddp.world_size()
         self.iterations_per_epoch = c.iterations_per_epoch or max(1, math.ceil(samples / (c.batch_size * world)))
         self.total_iterations = c.total_iterations(self.iterations_per_epoch)
         self.val_every = c.val_every or self.iterations_per_epoch
         self.loss_fn = self.build_loss(num_classes)
 
-        existing = ckpt.checkpoint_paths(self.run_dir, "last")[1]
-        if existing.exists() and not self.resume:
-            raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose a new --out")
-        if self.resume and not existing.exists():
-            raise ConfigError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+        has_run = self.run_dir.checkpoint_paths("last")[1].exists()
+        if has_run and not self.resume:
+            raise ConfigError(
+                f"{self.run_dir.path} already holds a run; resume it or choose a new run directory", option="out"
+            )
+        if self.resume and not has_run:
+            raise ConfigError(f"cannot resume: no checkpoint in {self.run_dir.path / 'checkpoints'}", option="out")
 
         self.model.to(self.device)
         if c.channels_last and self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last if spatial_dims == 2 else torch.channels_last_3d)
+            self.model.to(memory_format=torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d)
         self.optimizer = self.build_optimizer(self.model.parameters())
         self.scheduler = self.build_scheduler(self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.amp == "fp16" and self.device.type == "cuda")
         if self.resume:
             self._load_resume_state()
 
+    def _fold_cases(self, info: DatasetInfo) -> tuple[list[str], list[str]]:
+        """Training and validation cases of ``cfg.fold``; test cases must be in neither."""
+        c = self.cfg
+        splits = load_splits(info, write_if_missing=not self.resume)
+        fold = c.fold if not c.fold.isdigit() else f"fold{c.fold}"
+        if fold == "all":
+            train_ids, val_ids = info.training_cases(), []
+        elif fold not in splits or not isinstance(splits[fold], dict):
+            names = [k for k, v in splits.items() if isinstance(v, dict)]
+            raise ConfigError(
+                f"{c.fold!r} is not in {info.root / 'splits.json'} (available: {names + ['all']})", option="fold"
+            )
+        else:
+            train_ids, val_ids = list(splits[fold]["train"]), list(splits[fold].get("val", []))
+        test_ids = set(splits.get("test", [])) if isinstance(splits.get("test"), list) else set()
+        if isinstance(splits.get(fold), dict) and "test" in splits[fold]:
+            test_ids = set(splits[fold]["test"])  # a named split (e.g. ACDC "official") defines its own test set
+        overlap = sorted((set(val_ids) | set(train_ids)) & test_ids)
+        if overlap:
+            raise ConfigError(
+                f"{fold!r}: cases {overlap[:5]} are both in train/val and in the test split; "
+                "training and checkpoint selection must not see test cases",
+                option="fold",
+            )
+        if not train_ids:
+            raise ConfigError(f"{fold!r} has no training cases", option="fold")
+        return train_ids, val_ids
+
     @torch.no_grad()
     def _probe_forward(self, in_channels: int) -> None:
-        """One eval-mode forward of a zero input, so a size the model cannot take fails before anything is written."""
+        """One eval-mode forward of a zero input: the model must return logits of the input size.
+
+        The size was validated by the model; an exception here is a bug of the model and propagates as one.
+        """
         c = self.cfg
         shape = (1, in_channels, *((self.slab,) if self.slab > 1 else ()), *c.input_size)
         self.model.eval()
         try:
             out = self.model(torch.zeros(shape))
-        except Exception as exc:  # any failure here is the size/option combination, reported as such
-            raise ConfigError(f"--input-size {' '.join(map(str, c.input_size))}: model {c.model!r} cannot take an "
-                              f"input of shape {list(shape)} ({type(exc).__name__}: {exc})") from None
         finally:
             self.model.train()
         expected = (1, self.num_classes, *c.input_size)
         if tuple(out.shape) != expected:
-            raise ConfigError(f"model {c.model!r} returned {tuple(out.shape)} for input {list(shape)}; expected "
-                              f"logits of shape {expected}")
+            raise RuntimeError(
+                f"model {c.model!r} returned {tuple(out.shape)} for input {list(shape)}; expected "
+                f"logits of shape {expected}"
+            )
 
-    # ------------------------------------------------------------------------------------------------- run files
-    def _write_run_files(self) -> None:
-        import yaml
-
-        from attnseg.data.layout import atomic_write_text
-
-        d = self.run_dir
-        d.mkdir(parents=True, exist_ok=True)
-        resolved = config_to_dict(self.cfg)
-        atomic_write_text(d / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        atomic_write_text(d / "plan.json", self.plan.to_json())
-        build = dict(getattr(self.model, "attnseg_build", {}))
-        build.update(slab_size=self.slab, spatial_dims=self.spatial_dims, dataset=str(self.info.root),
-                     label_names={str(v): k for k, v in self.info.labels.items()})
-        atomic_write_text(d / "model.json", json.dumps(build, indent=2) + "\n")
-        atomic_write_text(d / "split.json", json.dumps({"fold": self.cfg.fold, "train": self.train_ids,
-                                                          "val": self.val_ids}, indent=2) + "\n")
-
+    # -------------------------------------------------------------------------------------------- checkpoints
     def _state(self) -> dict[str, Any]:
         state = {
             "iteration": self.iteration,
@@ -244,17 +297,14 @@ class Trainer:
         return state
 
     def save(self, name: str) -> None:
-        if not ddp.is_main():
-            return
-        weights, state = ckpt.checkpoint_paths(self.run_dir, name)
-        meta = {"model": self.cfg.model, "iteration": str(self.iteration)}
-        ckpt.save_weights(self.model, weights, meta)
-        ckpt.save_state(self._state(), state)
+        """Write checkpoint ``name`` (rank 0 only)."""
+        if ddp.is_main():
+            meta = {"model": self.cfg.model, "iteration": str(self.iteration)}
+            self.run_dir.save_checkpoint(name, self.model, self._state(), meta)
 
     def _load_resume_state(self) -> None:
-        weights, state_path = ckpt.checkpoint_paths(self.run_dir, "last")
-        ckpt.load_weights(self.model, weights)
-        state = ckpt.load_state(state_path)
+        self.run_dir.load_weights(self.model, "last")
+        state = self.run_dir.load_state("last")
         self.iteration = int(state["iteration"])
         self.best_metric = float(state["best_metric"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -263,13 +313,46 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        log = self.run_dir / "log.csv"
-        if log.exists():
-            with open(log) as fh:
-                self.history = [r for r in csv.DictReader(fh) if int(r["iteration"]) <= self.iteration]
+        self.history = self.run_dir.read_log(up_to_iteration=self.iteration)
 
-    # ------------------------------------------------------------------------------------------------------ steps
+    # ------------------------------------------------------------------------------------------------------ hooks
+    def on_train_start(self) -> None:
+        """Write the run files, wrap the model (DDP, compile), open TensorBoard and the progress bar."""
+        c = self.cfg
+        if ddp.is_main():
+            build = dict(getattr(self.model, "attnseg_build", {}))
+            build.update(
+                slab_size=self.slab,
+                spatial_dims=self.spatial_dims,
+                dataset=str(self.info.root),
+                label_names={str(v): k for k, v in self.info.labels.items()},
+            )
+            self.run_dir.write_run_files(
+                config=config_to_dict(c),
+                plan=self.plan,
+                build=build,
+                split={"fold": c.fold, "train": self.train_ids, "val": self.val_ids},
+            )
+        if ddp.world_size() > 1:
+            # only a model that declares parameters its forward never uses pays for the unused-parameter search
+            unused = getattr(self.model, "unused_parameters", None)
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(unused()) if callable(unused) else False,
+            )
+        if c.compile:
+            self.model = torch.compile(self.model)
+        if ddp.is_main():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir.tensorboard_dir))
+        self.model.train()
+        self._progress_bar = self._open_progress()
+        self._t0 = time.perf_counter()
+
     def train_step(self, image: torch.Tensor, label: torch.Tensor) -> float:
+        """One optimiser step; returns the loss."""
         c = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         dtype = torch.bfloat16 if c.amp == "bf16" else torch.float16
@@ -285,17 +368,68 @@ class Trainer:
         self.scheduler.step()
         return float(loss.detach())
 
+    def on_step_end(self, loss: float) -> dict[str, Any]:
+        """Count the step and advance the progress bar; returns the loss/lr log entries when a log step is due."""
+        self.iteration += 1
+        self._running.append(loss)
+        if self._progress_bar is not None:
+            bar, task = self._progress_bar
+            bar.update(task, advance=1, description=f"loss {np.mean(self._running[-20:]):.4f}")
+        if self.iteration % self.cfg.log_every and self.iteration != self.total_iterations:
+            return {}
+        row = {
+            "loss": float(np.mean(self._running)),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - self._t0, 2),
+        }
+        self._running = []
+        return row
+
+    def on_validation(self) -> dict[str, Any]:
+        """Validate, keep the ``best`` checkpoint; returns the log entries."""
+        self.last_validation = self.validate()
+        if self.last_validation["mean"] > self.best_metric:
+            self.best_metric = self.last_validation["mean"]
+            self.on_checkpoint("best")
+        return {f"val_dice/{k}": v for k, v in self.last_validation.items()}
+
+    def on_checkpoint(self, name: str) -> None:
+        self.save(name)
+
+    def on_train_end(self) -> dict[str, Any]:
+        """Close the progress bar and TensorBoard; write ``best`` when there is no validation; the summary."""
+        self._close()
+        if not self.val_cases:
+            self.save("best")  # no validation split: "best" is the final model (recorded in the summary)
+        summary = {
+            "iterations": self.iteration,
+            "iterations_per_epoch": self.iterations_per_epoch,
+            "epochs": TrainConfig.derived_epochs(self.total_iterations, self.iterations_per_epoch),
+            "best_val_dice": self.best_metric if self.val_cases else None,
+            "final_val_dice": self.last_validation or None,
+            "selected_on": "val" if self.val_cases else "none (last)",
+        }
+        if ddp.is_main():
+            self.run_dir.write_summary(summary)
+        return summary
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Per-class Dice on the validation cases (sharded over ranks, gathered), on the preprocessed grid."""
-        model = ckpt.unwrap(self.model)
+        model = unwrap(self.model)
         labels = [v for v in self.info.label_values if v != 0]
-        mine = self.val_cases[ddp.rank():: ddp.world_size()]
+        mine = self.val_cases[ddp.rank() :: ddp.world_size()]
         results = []
         for case in mine:
-            probs = predict_probabilities(model, case.image, spatial_dims=self.spatial_dims,
-                                          input_size=self.plan.input_size, geometry=self.plan.geometry,
-                                          slab=self.slab, device=self.device)
+            probs = predict_probabilities(
+                model,
+                case.image,
+                spatial_dims=self.spatial_dims,
+                input_size=self.plan.input_size,
+                geometry=self.plan.geometry,
+                slab=self.slab,
+                device=self.device,
+            )
             results.append(dice_per_class(probs.argmax(0), case.label, labels))
         model.train()
         gathered = [r for part in ddp.gather_objects(results) for r in part]
@@ -305,105 +439,69 @@ class Trainer:
         return per_class
 
     # -------------------------------------------------------------------------------------------------------- run
-    def _loader(self) -> DataLoader:
-        c, world = self.cfg, ddp.world_size()
-        dataset = SliceSampler(self.cache, self.plan, num_samples=self.total_iterations * c.batch_size * world,
-                               seed=c.seed, foreground_prob=c.foreground_prob, augment=c.augment, slab_size=self.slab)
-        sampler = _RankSampler(self.iteration, self.total_iterations, c.batch_size, ddp.rank(), world)
-        return DataLoader(dataset, batch_size=c.batch_size, sampler=sampler, num_workers=c.num_workers,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False,
-                          prefetch_factor=4 if c.num_workers > 0 else None)
-
-    def _log(self, row: dict[str, Any], writer) -> None:
-        self.history.append(row)
-        if not ddp.is_main():
-            return
-        path = self.run_dir / "log.csv"
-        fields = sorted({k for r in self.history for k in r}, key=lambda k: (k != "iteration", k))
-        if fields == getattr(self, "_log_fields", None) and path.exists():
-            with open(path, "a", newline="") as fh:  # same columns: append one row
-                csv.DictWriter(fh, fieldnames=fields).writerow(row)
-        else:  # new columns (e.g. the first validation) or a resumed run: rewrite the whole file
-            with open(path, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=fields)
-                w.writeheader()
-                w.writerows(self.history)
-            self._log_fields = fields
-        if writer is not None:
-            for k, v in row.items():
-                if k != "iteration" and isinstance(v, (int, float)):
-                    writer.add_scalar(k, v, row["iteration"])
-
     def run(self) -> dict[str, Any]:
         """Train to ``total_iterations``; returns a summary (final and best validation Dice)."""
-        c = self.cfg
         ddp.init_distributed(self.device)
         if self.model is None:
             self._seed_everything()
             self.setup()
-        if ddp.is_main():
-            self._write_run_files()
-        model = self.model
-        if ddp.world_size() > 1:
-            model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            self.model = model
-        if c.compile:
-            self.model = torch.compile(self.model)
-        writer = None
-        if ddp.is_main():
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-        self.model.train()
-        progress, task = self._progress()
-        running, t0 = [], time.perf_counter()
-        last_val: dict[str, float] = {}
+        self.on_train_start()
         try:
             for image, label in self._loader():
-                image = image.to(self.device, non_blocking=True)
-                label = label.to(self.device, non_blocking=True)
-                loss = self.train_step(image, label)
-                self.iteration += 1
-                running.append(loss)
-                if progress is not None:
-                    progress.update(task, advance=1, description=f"loss {np.mean(running[-20:]):.4f}")
-                row: dict[str, Any] = {}
-                if self.iteration % c.log_every == 0 or self.iteration == self.total_iterations:
-                    row.update(loss=float(np.mean(running)), lr=self.optimizer.param_groups[0]["lr"],
-                               seconds=round(time.perf_counter() - t0, 2))
-                    running = []
-                if self.val_cases and (self.iteration % self.val_every == 0
-                                       or self.iteration == self.total_iterations):
-                    last_val = self.validate()
-                    row.update({f"val_dice/{k}": v for k, v in last_val.items()})
-                    if last_val["mean"] > self.best_metric:
-                        self.best_metric = last_val["mean"]
-                        self.save("best")
+                loss = self.train_step(
+                    image.to(self.device, non_blocking=True), label.to(self.device, non_blocking=True)
+                )
+                row = self.on_step_end(loss)
+                due = self.iteration % self.val_every == 0 or self.iteration == self.total_iterations
+                if due and self.val_cases:
+                    row.update(self.on_validation())
                 if row:
-                    self._log({"iteration": self.iteration, **row}, writer)
-                if self.iteration % self.val_every == 0 or self.iteration == self.total_iterations:
-                    self.save("last")
-        finally:
-            if progress is not None:
-                progress.stop()
-            if writer is not None:
-                writer.close()
-        if not self.val_cases and ddp.is_main():
-            self.save("best")  # no validation split: "best" is the final model (recorded in summary)
-        summary = {"iterations": self.iteration, "iterations_per_epoch": self.iterations_per_epoch,
-                   "epochs": TrainConfig.derived_epochs(self.total_iterations, self.iterations_per_epoch),
-                   "best_val_dice": self.best_metric if self.val_cases else None,
-                   "final_val_dice": last_val or None, "selected_on": "val" if self.val_cases else "none (last)"}
-        if ddp.is_main():
-            from attnseg.data.layout import atomic_write_text
+                    self.log({"iteration": self.iteration, **row})
+                if due:
+                    self.on_checkpoint("last")
+        except BaseException:
+            self._close()
+            raise
+        return self.on_train_end()
 
-            atomic_write_text(self.run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
-        return summary
+    def log(self, row: dict[str, Any]) -> None:
+        """Add a row to the history, ``log.csv`` and TensorBoard (rank 0)."""
+        self.history.append(row)
+        if not ddp.is_main():
+            return
+        fields = RunDir.log_fields(self.history)
+        self.run_dir.write_log(self.history, append=fields == self._log_fields)
+        self._log_fields = fields
+        if self._writer is not None:
+            for k, v in row.items():
+                if k != "iteration" and isinstance(v, (int, float)):
+                    self._writer.add_scalar(k, v, row["iteration"])
 
-    def _progress(self):
+    def _loader(self) -> DataLoader:
+        c, world = self.cfg, ddp.world_size()
+        dataset = SliceSampler(
+            self.cache,
+            self.plan,
+            num_samples=self.total_iterations * c.batch_size * world,
+            seed=c.seed,
+            foreground_prob=c.foreground_prob,
+            augment=c.augment,
+            slab_size=self.slab,
+        )
+        sampler = _RankSampler(self.iteration, self.total_iterations, c.batch_size, ddp.rank(), world)
+        return DataLoader(
+            dataset,
+            batch_size=c.batch_size,
+            sampler=sampler,
+            num_workers=c.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if c.num_workers > 0 else None,
+        )
+
+    def _open_progress(self):
         if not (self.progress and ddp.is_main()):
-            return None, None
+            return None
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -413,12 +511,26 @@ class Trainer:
             TimeRemainingColumn,
         )
 
-        progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.description}"), TimeElapsedColumn(), TextColumn("ETA"),
-                            TimeRemainingColumn())
-        task = progress.add_task("", total=self.total_iterations, completed=self.iteration)
-        progress.start()
-        return progress, task
+        bar = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        task = bar.add_task("", total=self.total_iterations, completed=self.iteration)
+        bar.start()
+        return bar, task
+
+    def _close(self) -> None:
+        if self._progress_bar is not None:
+            self._progress_bar[0].stop()
+            self._progress_bar = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def _seed_everything(self) -> None:
         c = self.cfg
@@ -431,12 +543,10 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Validate, then train; raises ``ConfigError``/``DatasetError`` before writing anything on bad input."""
-    trainer = Trainer(cfg, resume=resume, progress=progress)
+    """Validate, then train with the trainer the config names; raises ``ConfigError``/``DatasetError`` before
+    writing anything on bad input."""
+    trainer = get_trainer(cfg.trainer)(cfg, resume=resume, progress=progress)
     ddp.init_distributed(trainer.device)
     trainer._seed_everything()  # model init depends only on the seed; resume then restores the saved RNG
     trainer.setup()
     return trainer.run()
-
-
-__all__ += ["train", "DatasetError"]

@@ -46,8 +46,16 @@ def list_converters() -> list[str]:
     return sorted(CONVERTERS)
 
 
-def convert_dataset(name: str, src: str | Path, dst: str | Path, *, seed: int = SPLIT_SEED, overwrite: bool = False,
-                    workers: int = 1, max_size: int | None = None) -> ConversionReport:
+def convert_dataset(
+    name: str,
+    src: str | Path,
+    dst: str | Path,
+    *,
+    seed: int = SPLIT_SEED,
+    overwrite: bool = False,
+    workers: int = 1,
+    max_size: int | None = None,
+) -> ConversionReport:
     """Convert the release of dataset ``name`` found in ``src`` into the canonical layout at ``dst``.
 
     Args:

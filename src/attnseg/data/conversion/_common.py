@@ -23,6 +23,7 @@ import numpy as np
 
 from attnseg.data.io import NATURAL_2D_SUFFIXES, image_suffix
 from attnseg.data.layout import DatasetError, write_dataset_json, write_splits
+from attnseg.io import default_dir_mode
 
 __all__ = [
     "ConversionReport",
@@ -71,8 +72,9 @@ def _is_metadata(path: Path) -> bool:
     return name.startswith(".") or name.endswith(_METADATA_SUFFIXES) or any(name.startswith(m) for m in _METADATA_NAMES)
 
 
-def list_files(folder: Path, suffixes: Sequence[str] = NATURAL_2D_SUFFIXES, *,
-               skip: Callable[[Path], bool] | None = None) -> list[Path]:
+def list_files(
+    folder: Path, suffixes: Sequence[str] = NATURAL_2D_SUFFIXES, *, skip: Callable[[Path], bool] | None = None
+) -> list[Path]:
     """Image files of ``folder`` (sorted), skipping metadata files; any other file is an error naming it.
 
     Raises:
@@ -83,8 +85,9 @@ def list_files(folder: Path, suffixes: Sequence[str] = NATURAL_2D_SUFFIXES, *,
         if f.is_dir() or _is_metadata(f) or (skip is not None and skip(f)):
             continue
         if image_suffix(f) not in suffixes:
-            raise DatasetError(f"{f}: not an image file (expected {', '.join(suffixes)}); remove it or move it out "
-                               f"of {folder}")
+            raise DatasetError(
+                f"{f}: not an image file (expected {', '.join(suffixes)}); remove it or move it out of {folder}"
+            )
         files.append(f)
     return files
 
@@ -93,8 +96,9 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def find_dir(root: Path, *, include: Sequence[Sequence[str]], exclude: Sequence[str] = (),
-             max_depth: int = 3) -> Path | None:
+def find_dir(
+    root: Path, *, include: Sequence[Sequence[str]], exclude: Sequence[str] = (), max_depth: int = 3
+) -> Path | None:
     """The shallowest folder below ``root`` (not ``root`` itself) whose normalised name matches.
 
     Args:
@@ -123,8 +127,7 @@ IMAGE_WORDS = ("input", "data", "image", "img")
 MASK_WORDS = ("groundtruth", "gt", "mask", "label", "segmentation", "annotation")
 
 
-def find_pair_dirs(root: Path, subset_words: Sequence[str], *, exclude: Sequence[str] = ()
-                   ) -> tuple[Path, Path] | None:
+def find_pair_dirs(root: Path, subset_words: Sequence[str], *, exclude: Sequence[str] = ()) -> tuple[Path, Path] | None:
     """The image and mask folders of one subset (e.g. ``["training", "train"]``), or None when absent.
 
     Recognises challenge-style sibling folders (``ISIC2018_Task1-2_Training_Input`` next to
@@ -134,10 +137,12 @@ def find_pair_dirs(root: Path, subset_words: Sequence[str], *, exclude: Sequence
     Raises:
         DatasetError: an image folder without a mask folder (or the reverse).
     """
-    images = find_dir(root, include=[[s, w] for s in subset_words for w in IMAGE_WORDS],
-                      exclude=[*MASK_WORDS, "superpixel", *exclude])
-    masks = find_dir(root, include=[[s, w] for s in subset_words for w in MASK_WORDS],
-                     exclude=[*exclude, "task2", "task3"])  # ISIC 2018 attribute/classification ground truth
+    images = find_dir(
+        root, include=[[s, w] for s in subset_words for w in IMAGE_WORDS], exclude=[*MASK_WORDS, "superpixel", *exclude]
+    )
+    masks = find_dir(
+        root, include=[[s, w] for s in subset_words for w in MASK_WORDS], exclude=[*exclude, "task2", "task3"]
+    )  # ISIC 2018 attribute/classification ground truth
     if images is None and masks is None:
         parent = find_dir(root, include=[[s] for s in subset_words], exclude=list(exclude))
         if parent is None:
@@ -162,9 +167,14 @@ def descend_single(folder: Path) -> Path:
             return folder
 
 
-def pair_by_id(images: Iterable[Path], masks: Iterable[Path], *, mask_suffixes: Sequence[str] = ("",),
-               image_id: Callable[[Path], str] | None = None) -> list[tuple[str, Path, Path]]:
-    """Pair images with masks by identifier, never by list position (MALUNet bug B3).
+def pair_by_id(
+    images: Iterable[Path],
+    masks: Iterable[Path],
+    *,
+    mask_suffixes: Sequence[str] = ("",),
+    image_id: Callable[[Path], str] | None = None,
+) -> list[tuple[str, Path, Path]]:
+    """Pair images with masks by identifier, never by list position (docs/models/malunet.md, B3).
 
     Args:
         images: image files.
@@ -201,12 +211,16 @@ def pair_by_id(images: Iterable[Path], masks: Iterable[Path], *, mask_suffixes: 
     missing = sorted(set(by_id) - set(mask_by_id))
     if missing:
         where = f" in {mask_dir}" if mask_dir else ""
-        raise DatasetError(f"{by_id[missing[0]]}: no mask found{where} for image {missing[0]!r}"
-                           + (f" ({len(missing) - 1} more images without masks)" if len(missing) > 1 else ""))
+        raise DatasetError(
+            f"{by_id[missing[0]]}: no mask found{where} for image {missing[0]!r}"
+            + (f" ({len(missing) - 1} more images without masks)" if len(missing) > 1 else "")
+        )
     orphans = sorted(set(mask_by_id) - set(by_id))
     if orphans:
-        raise DatasetError(f"{mask_by_id[orphans[0]]}: mask without an image (id {orphans[0]!r})"
-                           + (f" ({len(orphans) - 1} more)" if len(orphans) > 1 else ""))
+        raise DatasetError(
+            f"{mask_by_id[orphans[0]]}: mask without an image (id {orphans[0]!r})"
+            + (f" ({len(orphans) - 1} more)" if len(orphans) > 1 else "")
+        )
     return [(k, by_id[k], mask_by_id[k]) for k in sorted(by_id)]
 
 
@@ -248,8 +262,10 @@ def read_binary_mask(path: Path, shape: tuple[int, int] | None = None, *, image:
     """
     arr = read_gray(path)
     if shape is not None and tuple(arr.shape) != tuple(shape):
-        raise DatasetError(f"{path}: mask size {arr.shape[1]}x{arr.shape[0]} (WxH) differs from image "
-                           f"{(image.name + ' ') if image else ''}size {shape[1]}x{shape[0]}")
+        raise DatasetError(
+            f"{path}: mask size {arr.shape[1]}x{arr.shape[0]} (WxH) differs from image "
+            f"{(image.name + ' ') if image else ''}size {shape[1]}x{shape[0]}"
+        )
     top = int(arr.max(initial=0))
     lossy = path.suffix.lower() in (".jpg", ".jpeg")  # JPEG noise on an empty mask can reach 1: never read as 0/1
     threshold = 127 if lossy or (arr.dtype == np.uint8 and top > 1) else (0 if top <= 1 else top // 2)
@@ -277,8 +293,9 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, max_size: int | None) -> tu
     scale = max_size / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     if image.ndim == 3:
-        img = Image.fromarray(np.ascontiguousarray(np.moveaxis(image, 0, -1))).resize(size, Image.BILINEAR,
-                                                                                       reducing_gap=None)
+        img = Image.fromarray(np.ascontiguousarray(np.moveaxis(image, 0, -1))).resize(
+            size, Image.BILINEAR, reducing_gap=None
+        )
         out_img = np.moveaxis(np.asarray(img), -1, 0)
     else:
         out_img = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
@@ -343,6 +360,7 @@ def staged_output(dst: Path, *, overwrite: bool = False, src: Path | None = None
     check_destination(dst, overwrite, src)
     dst.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    os.chmod(stage, default_dir_mode())  # mkdtemp makes 0700; the dataset gets a plain mkdir's mode
     try:
         yield stage
         if dst.exists():
@@ -365,15 +383,39 @@ def run_parallel(func: Callable[[T], Any], items: Sequence[T], workers: int = 1)
         return list(pool.map(func, items))
 
 
-def finish_dataset(root: Path, *, dataset: str, channel_names: Mapping[int, str], labels: Mapping[str, int],
-                   file_ending: str, training: Sequence[str], test: Sequence[str], splits: dict[str, Any],
-                   split_notes: Mapping[str, str], description: str, reference: str, conversion: dict[str, Any],
-                   notes: Sequence[str] = (), **extra: Any) -> ConversionReport:
+def finish_dataset(
+    root: Path,
+    *,
+    dataset: str,
+    channel_names: Mapping[int, str],
+    labels: Mapping[str, int],
+    file_ending: str,
+    training: Sequence[str],
+    test: Sequence[str],
+    splits: dict[str, Any],
+    split_notes: Mapping[str, str],
+    description: str,
+    reference: str,
+    conversion: dict[str, Any],
+    notes: Sequence[str] = (),
+    **extra: Any,
+) -> ConversionReport:
     """Write ``dataset.json`` and ``splits.json`` into the staging folder and build the report."""
     check_splits(splits, set(training) | set(test))
-    write_dataset_json(root, channel_names=channel_names, labels=labels, file_ending=file_ending,
-                       num_training=len(training), num_test=len(test), name=dataset, description=description,
-                       reference=reference, splits_info=dict(split_notes), conversion=conversion, **extra)
+    write_dataset_json(
+        root,
+        channel_names=channel_names,
+        labels=labels,
+        file_ending=file_ending,
+        num_training=len(training),
+        num_test=len(test),
+        name=dataset,
+        description=description,
+        reference=reference,
+        splits_info=dict(split_notes),
+        conversion=conversion,
+        **extra,
+    )
     write_splits(root, splits)
     sizes = {}
     for name, split in splits.items():
@@ -381,6 +423,6 @@ def finish_dataset(root: Path, *, dataset: str, channel_names: Mapping[int, str]
             sizes[name] = {part: len(ids) for part, ids in split.items()}
         else:
             sizes[name] = {"cases": len(split)}
-    return ConversionReport(dataset=dataset, root=root, num_training=len(training), num_test=len(test), splits=sizes,
-                            notes=list(notes))
-
+    return ConversionReport(
+        dataset=dataset, root=root, num_training=len(training), num_test=len(test), splits=sizes, notes=list(notes)
+    )

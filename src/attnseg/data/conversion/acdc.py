@@ -55,12 +55,15 @@ from attnseg.data.layout import DatasetError
 __all__ = ["convert_acdc", "ACDC_TEST_PATIENTS", "ACDC_LABELS"]
 
 # nnFormer dataset_json/ACDC_dataset.json "test" (= SALSTM / MT-UNet lists_ACDC/test.txt): 20 patients
-ACDC_TEST_PATIENTS = tuple(f"patient{n:03d}" for n in (2, 3, 8, 9, 12, 14, 17, 24, 42, 48, 49, 53, 55, 64, 67, 79, 81,
-                                                        88, 92, 95))
+ACDC_TEST_PATIENTS = tuple(
+    f"patient{n:03d}" for n in (2, 3, 8, 9, 12, 14, 17, 24, 42, 48, 49, 53, 55, 64, 67, 79, 81, 88, 92, 95)
+)
 ACDC_LABELS = {"background": 0, "RV": 1, "Myo": 2, "LV": 3}
-_REFERENCE = ("Bernard O. et al., Deep learning techniques for automatic MRI cardiac multi-structures segmentation "
-              "and diagnosis: is the problem solved? IEEE TMI 37(11), 2018. "
-              "https://www.creatis.insa-lyon.fr/Challenge/acdc/")
+_REFERENCE = (
+    "Bernard O. et al., Deep learning techniques for automatic MRI cardiac multi-structures segmentation "
+    "and diagnosis: is the problem solved? IEEE TMI 37(11), 2018. "
+    "https://www.creatis.insa-lyon.fr/Challenge/acdc/"
+)
 _FRAME = re.compile(r"^(patient\d{3})_frame(\d+)_gt\.nii(\.gz)?$", re.IGNORECASE)
 
 
@@ -85,8 +88,9 @@ def _read_info(path: Path) -> dict[str, int]:
             try:
                 phases[key.strip().upper()] = int(float(value.strip()))
             except ValueError:
-                raise DatasetError(f"{path}: cannot read the {key.strip()} frame number from "
-                                   f"{line.strip()!r}") from None
+                raise DatasetError(
+                    f"{path}: cannot read the {key.strip()} frame number from {line.strip()!r}"
+                ) from None
     return phases
 
 
@@ -110,8 +114,10 @@ def _frames(patient: Path) -> dict[str, tuple[Path, Path]]:
     for phase, frame in phases.items():
         gt = annotated.get(frame)
         if gt is None:
-            raise DatasetError(f"{patient}: Info.cfg gives {phase} = frame {frame}, but "
-                               f"{patient.name}_frame{frame:02d}_gt.nii.gz is missing")
+            raise DatasetError(
+                f"{patient}: Info.cfg gives {phase} = frame {frame}, but "
+                f"{patient.name}_frame{frame:02d}_gt.nii.gz is missing"
+            )
         image = gt.with_name(gt.name.replace("_gt", ""))
         if not image.exists():
             raise DatasetError(f"{image}: image file missing for the annotation {gt.name}")
@@ -132,8 +138,9 @@ def _copy_case(item: tuple[str, str, Path, Path, Path]) -> None:
         raise DatasetError(f"{gt}: label shape {label.shape} differs from image {image.name} shape {img.shape[1:]}")
     values = set(np.unique(label).tolist())
     if not values <= {0, 1, 2, 3}:
-        raise DatasetError(f"{gt}: label values {sorted(values - {0, 1, 2, 3})} outside ACDC's 0..3 "
-                           "(RV 1, Myo 2, LV 3)")
+        raise DatasetError(
+            f"{gt}: label values {sorted(values - {0, 1, 2, 3})} outside ACDC's 0..3 (RV 1, Myo 2, LV 3)"
+        )
     out_img = stage / f"images{part}" / f"{cid}_0000.nii.gz"
     out_lbl = stage / f"labels{part}" / f"{cid}.nii.gz"
     if image.name.lower().endswith(".nii.gz") and gt.name.lower().endswith(".nii.gz"):
@@ -144,8 +151,15 @@ def _copy_case(item: tuple[str, str, Path, Path, Path]) -> None:
         write_image(label.astype(np.uint8), img_meta, out_lbl)
 
 
-def convert_acdc(src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwrite: bool = False, workers: int = 1,
-                 max_size: int | None = None) -> ConversionReport:
+def convert_acdc(
+    src: Path,
+    dst: Path,
+    *,
+    seed: int = SPLIT_SEED,
+    overwrite: bool = False,
+    workers: int = 1,
+    max_size: int | None = None,
+) -> ConversionReport:
     """Convert the ACDC release (see the module docstring for layout and splits).
 
     Args:
@@ -209,30 +223,51 @@ def convert_acdc(src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwrite: boo
             (stage / sub).mkdir()
         run_parallel(_copy_case, [(*it, stage) for it in items], workers)
         splits: dict[str, Any] = {
-            "70-10-20": {"train": cases(train_p, train_patients), "val": cases(val_p, train_patients),
-                         "test": test_cases},
+            "70-10-20": {
+                "train": cases(train_p, train_patients),
+                "val": cases(val_p, train_patients),
+                "test": test_cases,
+            },
         }
-        split_notes = {"70-10-20": f"test: the 20 patients of nnFormer's/SALSTM's published test list; val: 10 of the "
-                                   f"other 80 patients drawn with seed {seed} (the field's validation list is not "
-                                   "published); train: the remaining 70. ED and ES frames of a patient stay together."}
+        split_notes = {
+            "70-10-20": f"test: the 20 patients of nnFormer's/SALSTM's published test list; val: 10 of the "
+            f"other 80 patients drawn with seed {seed} (the field's validation list is not "
+            "published); train: the remaining 70. ED and ES frames of a patient stay together."
+        }
         if test_patients:
-            splits["official"] = {"train": cases([n for n in train_patients if n not in val_p], train_patients),
-                                  "val": cases(val_p, train_patients),
-                                  "test": cases(sorted(test_patients), test_patients)}
+            splits["official"] = {
+                "train": cases([n for n in train_patients if n not in val_p], train_patients),
+                "val": cases(val_p, train_patients),
+                "test": cases(sorted(test_patients), test_patients),
+            }
             split_notes["official"] = "ACDC training patients (minus validation) / the same validation / testing"
         if test_cases:
             splits["test"] = test_cases
         training = sorted(cid for part, cid, *_ in items if part == "Tr")
         report = finish_dataset(
-            stage, dataset="ACDC", channel_names={0: "MRI"}, labels=ACDC_LABELS, file_ending=".nii.gz",
-            training=training, test=test_cases, splits=splits, split_notes=split_notes,
+            stage,
+            dataset="ACDC",
+            channel_names={0: "MRI"},
+            labels=ACDC_LABELS,
+            file_ending=".nii.gz",
+            training=training,
+            test=test_cases,
+            splits=splits,
+            split_notes=split_notes,
             description="ACDC cine MRI, end-diastolic (ED) and end-systolic (ES) frames as separate cases "
-                        "(patientNNN_ED / patientNNN_ES), converted by `attnseg convert-dataset acdc`.",
-            reference=_REFERENCE, licence="see the ACDC challenge website (research use)",
-            conversion={"source": os.fspath(src), "seed": seed,
-                        "frames": {f"{n}_{ph}": int(_FRAME.match(fr[1].name).group(2))
-                                   for src_p in (train_patients, test_patients) for n, fs in src_p.items()
-                                   for ph, fr in fs.items()}},
+            "(patientNNN_ED / patientNNN_ES), converted by `attnseg convert-dataset acdc`.",
+            reference=_REFERENCE,
+            licence="see the ACDC challenge website (research use)",
+            conversion={
+                "source": os.fspath(src),
+                "seed": seed,
+                "frames": {
+                    f"{n}_{ph}": int(_FRAME.match(fr[1].name).group(2))
+                    for src_p in (train_patients, test_patients)
+                    for n, fs in src_p.items()
+                    for ph, fr in fs.items()
+                },
+            },
             notes=notes,
         )
     report.root = dst

@@ -12,7 +12,7 @@ ignoring punctuation, up to three levels deep)::
 ISIC 2017 uses ``ISIC-2017_Training_Data`` / ``ISIC-2017_Training_Part1_GroundTruth`` (the ``*_superpixels.png``
 files next to the images are skipped), ``ISIC-2017_Validation_*`` and ``ISIC-2017_Test_v2_*``. A pre-split
 ``train|val|test/{images,masks}`` layout is accepted too. Images and masks are paired by ISIC id (never by list
-order: MALUNet bug B3); mask names may end in ``_segmentation``, ``_mask`` or ``_gt``.
+order: docs/models/malunet.md, B3); mask names may end in ``_segmentation``, ``_mask`` or ``_gt``.
 
 Output: one RGB PNG per case (``imagesTr/ISIC_0000000_0000.png``, all three colours in the ``_0000`` file) and a
 0/1 PNG mask (``labelsTr/ISIC_0000000.png``; labels background 0, lesion 1; masks are thresholded at > 127, or > 0
@@ -24,10 +24,11 @@ Named splits in ``splits.json`` (all seeded splits use ``random.Random(seed)`` o
 default, recorded in ``dataset.json``):
 
 - ``official``: challenge train / validation / test (when a validation or test folder is present).
-- ``malunet``: MALUNet's random 70/30 split. The MALUNet spec infers from the published confusion-matrix totals
-  that the official training and validation images were pooled (ISIC2018: 2,694 -> 1,886 train / 808 test), so they
-  are pooled here too. MALUNet had no held-out validation (it selected on its test part, bug B5), so ``val`` is
-  empty: train on the 70 % and report the final checkpoint.
+- ``malunet``: MALUNet's random 70/30 split. MALUNet's split sizes, inferred from published confusion-matrix
+  totals (docs/models/malunet.md §4), show that the official training and validation images were pooled
+  (ISIC2018: 2,694 -> 1,886 train / 808 test), so they are pooled here too. MALUNet had no held-out validation (it
+  selected on its test part, docs/models/malunet.md, B5), so ``val`` is empty: train on the 70 % and report the
+  final checkpoint.
 - ``80-10-10``: seeded 80/10/10 of the official training set (EMCAD).
 - ``dlka``: the D-LKA Net / DermoSegDiff protocol inferred for MSA2Net's ISIC2018 results: sorted training ids,
   first 70 % train, next 10 % val, last 20 % test (ISIC2018: 1,815 / 259 / 520).
@@ -77,8 +78,9 @@ def _is_superpixels(path: Path) -> bool:
     return "superpixel" in path.name.lower()
 
 
-def _subset(src: Path, words: tuple[str, ...], exclude: tuple[str, ...], *, required: bool
-            ) -> list[tuple[str, Path, Path]] | None:
+def _subset(
+    src: Path, words: tuple[str, ...], exclude: tuple[str, ...], *, required: bool
+) -> list[tuple[str, Path, Path]] | None:
     dirs = find_pair_dirs(src, words, exclude=exclude)
     if dirs is None:
         return None
@@ -92,8 +94,16 @@ def _subset(src: Path, words: tuple[str, ...], exclude: tuple[str, ...], *, requ
     return pair_by_id(images, masks, mask_suffixes=_MASK_SUFFIXES)
 
 
-def _convert(name: str, src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwrite: bool = False, workers: int = 1,
-             max_size: int | None = None) -> ConversionReport:
+def _convert(
+    name: str,
+    src: Path,
+    dst: Path,
+    *,
+    seed: int = SPLIT_SEED,
+    overwrite: bool = False,
+    workers: int = 1,
+    max_size: int | None = None,
+) -> ConversionReport:
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise DatasetError(f"{src}: source folder not found")
@@ -107,9 +117,11 @@ def _convert(name: str, src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwri
         if pairs is not None:
             subsets[subset] = pairs
     if "train" not in subsets:
-        raise DatasetError(f"{src}: no training image folder found (expected e.g. "
-                           f"{'ISIC2018_Task1-2_Training_Input' if name == 'isic2018' else 'ISIC-2017_Training_Data'}"
-                           " and its GroundTruth folder)")
+        raise DatasetError(
+            f"{src}: no training image folder found (expected e.g. "
+            f"{'ISIC2018_Task1-2_Training_Input' if name == 'isic2018' else 'ISIC-2017_Training_Data'}"
+            " and its GroundTruth folder)"
+        )
     seen: dict[str, str] = {}
     for subset, pairs in subsets.items():
         for cid, img, _ in pairs:
@@ -141,16 +153,20 @@ def _convert(name: str, src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwri
             split_notes["official"] = "challenge training / validation / test sets"
         m_train, m_test = seeded_partition(train + val, (0.7, 0.3), seed)
         splits["malunet"] = {"train": m_train, "val": [], "test": m_test}
-        split_notes["malunet"] = (f"MALUNet: random 70/30 of official train+validation pooled (seed {seed}); no "
-                                  "validation part (the paper selected on its test part), report the final model")
+        split_notes["malunet"] = (
+            f"MALUNet: random 70/30 of official train+validation pooled (seed {seed}); no "
+            "validation part (the paper selected on its test part), report the final model"
+        )
         s_train, s_val, s_test = seeded_partition(train, (0.8, 0.1, 0.1), seed)
         splits["80-10-10"] = {"train": s_train, "val": s_val, "test": s_test}
         split_notes["80-10-10"] = f"random 80/10/10 of the official training set (seed {seed}), as EMCAD"
         ordered = sorted(train)
         n70, n10 = int(len(ordered) * 0.7), int(len(ordered) * 0.1)
         splits["dlka"] = {"train": ordered[:n70], "val": ordered[n70 : n70 + n10], "test": ordered[n70 + n10 :]}
-        split_notes["dlka"] = ("D-LKA Net protocol (inferred for MSA2Net): sorted official training ids, first 70% "
-                               "train, next 10% val, last 20% test")
+        split_notes["dlka"] = (
+            "D-LKA Net protocol (inferred for MSA2Net): sorted official training ids, first 70% "
+            "train, next 10% val, last 20% test"
+        )
         if test:
             splits["test"] = sorted(test)
 
@@ -162,13 +178,25 @@ def _convert(name: str, src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwri
                 notes.append(f"found {n} {label} images; the official {name.upper()} release has {e}")
         year = name[-4:]
         report = finish_dataset(
-            stage, dataset=name.upper(), channel_names={0: "RGB"}, labels={"background": 0, "lesion": 1},
-            file_ending=".png", training=train + val, test=test, splits=splits, split_notes=split_notes,
+            stage,
+            dataset=name.upper(),
+            channel_names={0: "RGB"},
+            labels={"background": 0, "lesion": 1},
+            file_ending=".png",
+            training=train + val,
+            test=test,
+            splits=splits,
+            split_notes=split_notes,
             description=f"ISIC {year} Task 1 lesion segmentation, converted by `attnseg convert-dataset {name}`: RGB "
-                        "images as PNG, binary lesion masks (source masks thresholded at >127).",
-            reference=_REFERENCES[name], licence="CC-BY-NC 4.0 (see the ISIC challenge data page)",
-            conversion={"source": os.fspath(src), "seed": seed, "max_size": max_size,
-                        "counts": dict(zip(("train", "val", "test"), found))},
+            "images as PNG, binary lesion masks (source masks thresholded at >127).",
+            reference=_REFERENCES[name],
+            licence="CC-BY-NC 4.0 (see the ISIC challenge data page)",
+            conversion={
+                "source": os.fspath(src),
+                "seed": seed,
+                "max_size": max_size,
+                "counts": dict(zip(("train", "val", "test"), found)),
+            },
             notes=notes,
         )
     report.root = dst

@@ -28,8 +28,8 @@ Two source layouts are accepted (detected automatically):
    released 2D arrays exactly) with a 1 mm identity affine, because the release keeps no spacing. Intensities stay
    as released (HU clipped to [-125, 275] and scaled to [0, 1] by TransUNet); labels are kept as released.
 
-Label names (both layouts) follow TransUNet's order as used by this project (the bundled demo data and the
-anchors survey): 1 aorta, 2 gallbladder, 3 spleen, 4 kidney_left, 5 kidney_right, 6 liver, 7 pancreas, 8 stomach.
+Label names (both layouts) follow TransUNet's order as used by this project (the bundled demo data's
+``dataset.json``): 1 aorta, 2 gallbladder, 3 spleen, 4 kidney_left, 5 kidney_right, 6 liver, 7 pancreas, 8 stomach.
 Caution: third-party accounts of the preprocessed release's label order disagree (e.g. SLDGroup/CASCADE#9), and
 the TransUNet authors never published their preprocessing; per-organ numbers from the two layouts are comparable
 only if the release really uses this order. The mean over organs is unaffected.
@@ -65,14 +65,25 @@ __all__ = ["convert_synapse", "TRANSUNET_TRAIN", "TRANSUNET_TEST", "SYNAPSE_LABE
 
 TRANSUNET_TRAIN = tuple(f"case{n:04d}" for n in (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40))
 TRANSUNET_TEST = tuple(f"case{n:04d}" for n in (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38))
-SYNAPSE_LABELS = {"background": 0, "aorta": 1, "gallbladder": 2, "spleen": 3, "kidney_left": 4, "kidney_right": 5,
-                  "liver": 6, "pancreas": 7, "stomach": 8}
+SYNAPSE_LABELS = {
+    "background": 0,
+    "aorta": 1,
+    "gallbladder": 2,
+    "spleen": 3,
+    "kidney_left": 4,
+    "kidney_right": 5,
+    "liver": 6,
+    "pancreas": 7,
+    "stomach": 8,
+}
 # BTCV value -> TransUNet value (BTCV: 1 spleen, 2 right kidney, 3 left kidney, 4 gallbladder, 5 esophagus, 6 liver,
 # 7 stomach, 8 aorta, 9 IVC, 10 portal and splenic vein, 11 pancreas, 12 right adrenal, 13 left adrenal)
 BTCV_TO_SYNAPSE = {8: 1, 4: 2, 1: 3, 3: 4, 2: 5, 6: 6, 11: 7, 7: 8}
-_REFERENCE = ("Landman B. et al., MICCAI 2015 Multi-Atlas Labeling Beyond the Cranial Vault - Workshop and Challenge, "
-              "https://www.synapse.org/#!Synapse:syn3193805; split and 8-organ protocol: Chen J. et al., TransUNet, "
-              "arXiv:2102.04306.")
+_REFERENCE = (
+    "Landman B. et al., MICCAI 2015 Multi-Atlas Labeling Beyond the Cranial Vault - Workshop and Challenge, "
+    "https://www.synapse.org/#!Synapse:syn3193805; split and 8-organ protocol: Chen J. et al., TransUNet, "
+    "arXiv:2102.04306."
+)
 _SLICE = re.compile(r"^(case\d+)_slice(\d+)\.npz$", re.IGNORECASE)
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 
@@ -121,8 +132,9 @@ def _raw_items(src: Path) -> list[tuple[str, Any]]:
     img_dir = _find(src, ("img", "images", "imagestr", "image"))
     lbl_dir = _find(src, ("label", "labels", "labelstr"))
     if img_dir is None or lbl_dir is None:
-        raise DatasetError(f"{src}: found neither TransUNet's train_npz/test_vol_h5 folders nor BTCV img/ and label/ "
-                           "folders")
+        raise DatasetError(
+            f"{src}: found neither TransUNet's train_npz/test_vol_h5 folders nor BTCV img/ and label/ folders"
+        )
     images, labels = _nifti_files(img_dir), _nifti_files(lbl_dir)
     missing = sorted(set(images) - set(labels))
     if missing:
@@ -155,8 +167,9 @@ def _h5py() -> Any:
     try:
         import h5py
     except ImportError:
-        raise DatasetError("reading TransUNet's test_vol_h5/*.npy.h5 needs h5py: pip install 'attnseg[convert]' "
-                           "(or pip install h5py)") from None
+        raise DatasetError(
+            "reading TransUNet's test_vol_h5/*.npy.h5 needs h5py: pip install 'attnseg[convert]' (or pip install h5py)"
+        ) from None
     return h5py
 
 
@@ -176,8 +189,10 @@ def _preprocessed_items(src: Path, npz_dir: Path | None, h5_dir: Path | None) ->
             idx = sorted(slices)
             gaps = sorted(set(range(idx[0], idx[-1] + 1)) - set(idx))
             if gaps:
-                raise DatasetError(f"{npz_dir}: {cid} is missing slice(s) {gaps[:5]} (slices {idx[0]}..{idx[-1]} "
-                                   "expected without gaps)")
+                raise DatasetError(
+                    f"{npz_dir}: {cid} is missing slice(s) {gaps[:5]} (slices {idx[0]}..{idx[-1]} "
+                    "expected without gaps)"
+                )
             items.append((cid, ("npz", [slices[i] for i in idx])))
     if h5_dir is not None:
         files = [f for f in sorted(h5_dir.iterdir()) if not f.name.startswith(".") and f.is_file()]
@@ -245,8 +260,15 @@ def _convert_preprocessed(item: tuple[str, Any], out_img: Path, out_lbl: Path) -
     write_image(np.ascontiguousarray(np.transpose(label, (1, 2, 0))), meta, out_lbl)
 
 
-def convert_synapse(src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwrite: bool = False, workers: int = 1,
-                    max_size: int | None = None) -> ConversionReport:
+def convert_synapse(
+    src: Path,
+    dst: Path,
+    *,
+    seed: int = SPLIT_SEED,
+    overwrite: bool = False,
+    workers: int = 1,
+    max_size: int | None = None,
+) -> ConversionReport:
     """Convert Synapse / BTCV (raw NIfTI or TransUNet's preprocessed release; see the module docstring).
 
     Args:
@@ -276,12 +298,16 @@ def convert_synapse(src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwrite: 
     notes = []
     missing = sorted(set(TRANSUNET_TRAIN + TRANSUNET_TEST) - set(ids))
     if missing:
-        notes.append(f"{len(missing)} of TransUNet's 30 cases are missing: {', '.join(missing[:6])}"
-                     + ("..." if len(missing) > 6 else ""))
+        notes.append(
+            f"{len(missing)} of TransUNet's 30 cases are missing: {', '.join(missing[:6])}"
+            + ("..." if len(missing) > 6 else "")
+        )
     extra = sorted(set(ids) - set(TRANSUNET_TRAIN) - test_set)
     if extra:
-        notes.append(f"{len(extra)} labelled cases outside TransUNet's lists were converted into imagesTr but are in "
-                     f"no split: {', '.join(extra[:6])}")
+        notes.append(
+            f"{len(extra)} labelled cases outside TransUNet's lists were converted into imagesTr but are in "
+            f"no split: {', '.join(extra[:6])}"
+        )
     if not train_ids and not test_ids:
         raise DatasetError(f"{src}: none of TransUNet's 30 Synapse cases found (ids like case0001)")
 
@@ -302,19 +328,32 @@ def convert_synapse(src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwrite: 
         splits: dict[str, Any] = {"transunet": {"train": sorted(train_ids), "val": [], "test": sorted(test_ids)}}
         if test_ids:
             splits["test"] = sorted(test_ids)
-        intensity = ("HU as in the BTCV release" if layout == "btcv-raw" else
-                     "as released by TransUNet: HU clipped to [-125, 275] and scaled to [0, 1]; spacing unknown "
-                     "(1 mm identity affine)")
+        intensity = (
+            "HU as in the BTCV release"
+            if layout == "btcv-raw"
+            else "as released by TransUNet: HU clipped to [-125, 275] and scaled to [0, 1]; spacing unknown "
+            "(1 mm identity affine)"
+        )
         report = finish_dataset(
-            stage, dataset="Synapse", channel_names={0: "CT"}, labels=SYNAPSE_LABELS, file_ending=".nii.gz",
-            training=[c for c in ids if c not in test_set], test=test_ids, splits=splits,
+            stage,
+            dataset="Synapse",
+            channel_names={0: "CT"},
+            labels=SYNAPSE_LABELS,
+            file_ending=".nii.gz",
+            training=[c for c in ids if c not in test_set],
+            test=test_ids,
+            splits=splits,
             split_notes={"transunet": "TransUNet's 18 training / 12 test cases; no validation set (final checkpoint)"},
             description=f"Synapse multi-organ abdominal CT, 8 organs in TransUNet's label order, from the {layout} "
-                        f"layout, converted by `attnseg convert-dataset synapse`. Intensities: {intensity}.",
-            reference=_REFERENCE, licence="see synapse.org (BTCV data use terms)",
-            conversion={"source": os.fspath(src), "layout": layout, "seed": seed,
-                        "btcv_to_synapse": {str(k): v for k, v in BTCV_TO_SYNAPSE.items()} if layout == "btcv-raw"
-                        else None},
+            f"layout, converted by `attnseg convert-dataset synapse`. Intensities: {intensity}.",
+            reference=_REFERENCE,
+            licence="see synapse.org (BTCV data use terms)",
+            conversion={
+                "source": os.fspath(src),
+                "layout": layout,
+                "seed": seed,
+                "btcv_to_synapse": {str(k): v for k, v in BTCV_TO_SYNAPSE.items()} if layout == "btcv-raw" else None,
+            },
             notes=notes,
         )
     report.root = dst

@@ -65,11 +65,15 @@ from attnseg.data.layout import DatasetError, default_folds
 
 __all__ = ["convert_tn3k", "convert_ddti"]
 
-_TN3K_REF = ("Gong H. et al., Multi-task learning for thyroid nodule segmentation with thyroid region prior, ISBI "
-             "2021; Gong H. et al., Thyroid region prior guided attention for ultrasound segmentation of thyroid "
-             "nodules, Comput. Biol. Med. 2023. https://github.com/haifangong/TRFE-Net-for-thyroid-nodule-segmentation")
-_DDTI_REF = ("Pedraza L. et al., An open access thyroid ultrasound image database, SPIE 2015 (DDTI); processed "
-             "release of TRFE-Net (Gong et al.).")
+_TN3K_REF = (
+    "Gong H. et al., Multi-task learning for thyroid nodule segmentation with thyroid region prior, ISBI "
+    "2021; Gong H. et al., Thyroid region prior guided attention for ultrasound segmentation of thyroid "
+    "nodules, Comput. Biol. Med. 2023. https://github.com/haifangong/TRFE-Net-for-thyroid-nodule-segmentation"
+)
+_DDTI_REF = (
+    "Pedraza L. et al., An open access thyroid ultrasound image database, SPIE 2015 (DDTI); processed "
+    "release of TRFE-Net (Gong et al.)."
+)
 _MASK_SUFFIXES = ("_mask", "_gt", "_label", "_segmentation")
 
 
@@ -120,8 +124,9 @@ def _read_folds(src: Path, trainval_images: list[Path], prefix: str) -> dict[str
             for entry in doc[part]:
                 if isinstance(entry, int) and not isinstance(entry, bool):
                     if not 0 <= entry < len(ordered):
-                        raise DatasetError(f"{path}: index {entry} in {part!r} is outside the {len(ordered)} trainval "
-                                           "images")
+                        raise DatasetError(
+                            f"{path}: index {entry} in {part!r} is outside the {len(ordered)} trainval images"
+                        )
                     img = ordered[entry]
                 elif isinstance(entry, str) and (entry in by_name or Path(entry).name in by_name):
                     img = by_name.get(entry) or by_name[Path(entry).name]
@@ -136,8 +141,15 @@ def _read_folds(src: Path, trainval_images: list[Path], prefix: str) -> dict[str
     return folds
 
 
-def convert_tn3k(src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwrite: bool = False, workers: int = 1,
-                 max_size: int | None = None) -> ConversionReport:
+def convert_tn3k(
+    src: Path,
+    dst: Path,
+    *,
+    seed: int = SPLIT_SEED,
+    overwrite: bool = False,
+    workers: int = 1,
+    max_size: int | None = None,
+) -> ConversionReport:
     """Convert TN3K (see the module docstring for layout, splits and options).
 
     Args:
@@ -170,8 +182,9 @@ def convert_tn3k(src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwrite: boo
         if n != e:
             notes.append(f"found {n} {label} images; the official TN3K release has {e}")
     with staged_output(dst, overwrite=overwrite, src=src) as stage:
-        _write_cases(stage, [("Tr", c, i, m) for c, i, m in trainval] + [("Ts", c, i, m) for c, i, m in test],
-                     workers, max_size)
+        _write_cases(
+            stage, [("Tr", c, i, m) for c, i, m in trainval] + [("Ts", c, i, m) for c, i, m in test], workers, max_size
+        )
         splits: dict[str, Any] = {"official": {"train": sorted(train_ids), "val": [], "test": sorted(test_ids)}}
         splits.update(folds)
         if test_ids:
@@ -179,21 +192,40 @@ def convert_tn3k(src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwrite: boo
         split_notes = {"official": "TN3K trainval (2,879) for training, no validation, test (614)"}
         split_notes.update({k: fold_note for k in folds})
         report = finish_dataset(
-            stage, dataset="TN3K", channel_names={0: "US"}, labels={"background": 0, "nodule": 1},
-            file_ending=".png", training=train_ids, test=test_ids, splits=splits, split_notes=split_notes,
+            stage,
+            dataset="TN3K",
+            channel_names={0: "US"},
+            labels={"background": 0, "nodule": 1},
+            file_ending=".png",
+            training=train_ids,
+            test=test_ids,
+            splits=splits,
+            split_notes=split_notes,
             description="TN3K thyroid nodule ultrasound, converted by `attnseg convert-dataset tn3k`: gray PNG "
-                        "images, binary nodule masks (JPEG masks thresholded at >127).",
-            reference=_TN3K_REF, licence="see the TN3K release (research use)",
-            conversion={"source": os.fspath(src), "seed": seed, "max_size": max_size,
-                        "folds_from_files": fold_note.startswith("TN3K")},
+            "images, binary nodule masks (JPEG masks thresholded at >127).",
+            reference=_TN3K_REF,
+            licence="see the TN3K release (research use)",
+            conversion={
+                "source": os.fspath(src),
+                "seed": seed,
+                "max_size": max_size,
+                "folds_from_files": fold_note.startswith("TN3K"),
+            },
             notes=notes,
         )
     report.root = dst
     return report
 
 
-def convert_ddti(src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwrite: bool = False, workers: int = 1,
-                 max_size: int | None = None) -> ConversionReport:
+def convert_ddti(
+    src: Path,
+    dst: Path,
+    *,
+    seed: int = SPLIT_SEED,
+    overwrite: bool = False,
+    workers: int = 1,
+    max_size: int | None = None,
+) -> ConversionReport:
     """Convert DDTI from TRFE-Net's processed release (see the module docstring).
 
     Args:
@@ -220,13 +252,22 @@ def convert_ddti(src: Path, dst: Path, *, seed: int = SPLIT_SEED, overwrite: boo
         _write_cases(stage, [("Ts" if c in test_set else "Tr", c, i, m) for c, i, m in pairs], workers, max_size)
         splits = {"80-10-10": {"train": train, "val": val, "test": test}, "test": test}
         report = finish_dataset(
-            stage, dataset="DDTI", channel_names={0: "US"}, labels={"background": 0, "nodule": 1},
-            file_ending=".png", training=train + val, test=test, splits=splits,
-            split_notes={"80-10-10": f"random 80/10/10 of all images (seed {seed}); no official split exists and "
-                                     "the release has no patient ids"},
+            stage,
+            dataset="DDTI",
+            channel_names={0: "US"},
+            labels={"background": 0, "nodule": 1},
+            file_ending=".png",
+            training=train + val,
+            test=test,
+            splits=splits,
+            split_notes={
+                "80-10-10": f"random 80/10/10 of all images (seed {seed}); no official split exists and "
+                "the release has no patient ids"
+            },
             description="DDTI thyroid nodule ultrasound (TRFE-Net processed release), converted by `attnseg "
-                        "convert-dataset ddti`: gray PNG images, binary nodule masks (thresholded at >127).",
-            reference=_DDTI_REF, licence="see the DDTI release (research use)",
+            "convert-dataset ddti`: gray PNG images, binary nodule masks (thresholded at >127).",
+            reference=_DDTI_REF,
+            licence="see the DDTI release (research use)",
             conversion={"source": os.fspath(src), "seed": seed, "max_size": max_size},
             notes=notes,
         )

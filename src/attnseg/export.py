@@ -2,16 +2,13 @@
 
 The graph is the bare network (logits out, dynamic batch; 2D inputs also dynamic in H and W when the model allows
 other sizes). Everything outside the network stays outside the graph, as deployment users ask for (nnU-Net #1730,
-#2407): the sidecar ``MODEL.json`` records the input layout, the network input size, the geometry mode and target
+#2407): the sidecar ``MODEL.onnx.json`` records the input layout, the network input size, the geometry mode and target
 spacing, the normalisation (CT window and statistics), the labels and the slab size. After export the ONNX model is
 run with onnxruntime and compared with PyTorch; the maximum difference is stored in the sidecar.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,56 +16,88 @@ from typing import Any
 import numpy as np
 import torch
 
+from attnseg.errors import AttnsegError
 from attnseg.inference.predictor import Predictor
+from attnseg.io import atomic_path, write_json
+from attnseg.models.registry import model_info
+from attnseg.runs import refuse_reserved
 
-__all__ = ["export_onnx"]
+__all__ = ["export_onnx", "sidecar_path_for", "ExportError"]
 
 
-def export_onnx(run_dir: str | Path, output: str | Path, *, checkpoint: str = "best", opset: int = 17,
-                check: bool = True, atol: float = 1e-4) -> dict[str, Any]:
-    """Export ``run_dir``'s network to ``output`` (.onnx) and write ``output`` with suffix ``.json`` beside it.
+class ExportError(AttnsegError, ValueError):
+    """The requested export cannot be made (output name, model capability)."""
 
+
+def export_onnx(
+    run_dir: str | Path,
+    output: str | Path,
+    *,
+    checkpoint: str = "best",
+    opset: int = 17,
+    check: bool = True,
+    atol: float = 1e-4,
+) -> dict[str, Any]:
+    """Export ``run_dir``'s network to ``output`` (``NAME.onnx``) and write the sidecar ``NAME.onnx.json`` beside it.
+
+    Either may go into the run directory, but never over one of its own files (:func:`attnseg.runs.refuse_reserved`).
     Returns the sidecar dict. Raises ``RuntimeError`` when onnxruntime disagrees with PyTorch by more than ``atol``
     (nothing is left at ``output`` then).
     """
     output = Path(output)
     if output.suffix != ".onnx":
-        raise ValueError(f"{output}: the output must be an .onnx file")
+        raise ExportError(f"{output}: the output must be an .onnx file")
+    sidecar_path = sidecar_path_for(output)
+    refuse_reserved(output, "--output")
+    refuse_reserved(sidecar_path, "--output")
     predictor = Predictor.from_run(run_dir, checkpoint=checkpoint, device="cpu")
     model, plan = predictor.model.eval(), predictor.plan
+    name = model.attnseg_build["name"]
+    if not model_info(name).onnx_export:
+        raise ExportError(f"{run_dir}: model {name!r} does not support ONNX export (see `attnseg models`)")
     channels = 3 if "rgb" in plan.channel_kinds else len(plan.channel_kinds)
     slab = (predictor.slab,) if predictor.slab > 1 else ()
     example = torch.randn(1, channels, *slab, *plan.input_size, generator=torch.Generator().manual_seed(0))
     spatial_axes = {2 + len(slab) + i: f"dim{i}" for i in range(len(plan.input_size))}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".onnx", dir=output.parent)
-    os.close(fd)
-    try:
-        torch.onnx.export(model, (example,), tmp, dynamo=False, opset_version=opset, input_names=["image"],
-                          output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch", **spatial_axes}, "logits": {0: "batch"}})
-        max_diff = _check_onnxruntime(tmp, model, example) if check else None
+    with atomic_path(output) as tmp:
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch", **spatial_axes}, "logits": {0: "batch"}},
+        )
+        max_diff = _check_onnxruntime(str(tmp), model, example) if check else None
         if max_diff is not None and max_diff > atol:
             raise RuntimeError(f"{output}: onnxruntime differs from PyTorch by {max_diff:.2e} (> {atol:g})")
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     sidecar = {
         "model": getattr(model, "attnseg_build", {}),
-        "input": {"name": "image", "layout": "[B, C, K, H, W]" if slab else ("[B, C, H, W]" if len(
-            plan.input_size) == 2 else "[B, C, D, H, W]"), "channels": channels, "slab_size": predictor.slab,
-                  "size": list(plan.input_size)},
+        "input": {
+            "name": "image",
+            "layout": "[B, C, K, H, W]"
+            if slab
+            else ("[B, C, H, W]" if len(plan.input_size) == 2 else "[B, C, D, H, W]"),
+            "channels": channels,
+            "slab_size": predictor.slab,
+            "size": list(plan.input_size),
+        },
         "output": {"name": "logits", "activation": "sigmoid" if plan.num_classes == 1 else "softmax"},
         "preprocessing": asdict(plan),
         "opset": opset,
         "onnxruntime_max_abs_diff": max_diff,
         "checkpoint": checkpoint,
     }
-    from attnseg.data.layout import atomic_write_text
-
-    atomic_write_text(output.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
+    write_json(sidecar_path, sidecar)
     return sidecar
+
+
+def sidecar_path_for(output: str | Path) -> Path:
+    """``NAME.onnx`` -> ``NAME.onnx.json`` (never ``NAME.json``, which could be a run's ``model.json``)."""
+    output = Path(output)
+    return output.with_name(output.name + ".json")
 
 
 def _check_onnxruntime(path: str, model: torch.nn.Module, example: torch.Tensor) -> float | None:

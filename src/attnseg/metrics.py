@@ -36,8 +36,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from attnseg.errors import AttnsegError
+
 __all__ = [
     "COUNT_KEYS",
+    "UnknownProtocolError",
     "PROTOCOLS",
     "Protocol",
     "average_symmetric_surface_distance",
@@ -63,6 +66,10 @@ __all__ = [
 
 # Per-case integer counts: summed (not averaged) when aggregating over cases.
 COUNT_KEYS = ("tp", "fp", "fn", "tn", "n_pred", "n_ref")
+
+
+class UnknownProtocolError(AttnsegError, ValueError):
+    """No evaluation protocol has that name."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -507,4 +514,4 @@ def get_protocol(name: str | Protocol) -> Protocol:
     try:
         return PROTOCOLS[str(name).lower()]
     except KeyError:
-        raise ValueError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}") from None
+        raise UnknownProtocolError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}") from None

@@ -1,0 +1,97 @@
+"""Atomic file writes: the one way attnseg writes a file.
+
+Every file attnseg writes (checkpoints, run files, masks, overlays, ``summary.json``, ONNX graphs, benchmark records)
+goes through :func:`atomic_write`: the content is written to a temporary file in the destination folder, which is
+then renamed over the destination. A reader never sees a half-written file and a crash never leaves one behind.
+``tempfile.mkstemp`` creates files with mode 0600; the final file gets the mode a plain ``open()`` would have given
+it (0666 less the process umask, i.e. 0644 under umask 022), so run directories stay readable on a shared cluster.
+
+Only the standard library is imported here, so every package may use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write", "atomic_path", "write_text", "write_json", "default_mode", "default_dir_mode"]
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it back at once (no thread of ours writes files meanwhile).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 less the umask."""
+    return 0o666 & ~_umask()
+
+
+def default_dir_mode() -> int:
+    """The mode ``os.mkdir`` gives a new folder: 0777 less the umask."""
+    return 0o777 & ~_umask()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path``, on failure deleted.
+
+    Args:
+        path: the destination; its folder is created when missing.
+        suffix: suffix of the temporary file (writers that pick the format from the name need the real one, e.g.
+            ``.nii.gz``). Defaults to the destination's last suffix.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tail = path.suffix if suffix is None else suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{tail}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:  # on disk before the rename, so a crash leaves the old file or the new one
+            os.fsync(fh.fileno())
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write(
+    path: str | os.PathLike, content: str | bytes | Callable[[Path], Any], *, suffix: str | None = None
+) -> Path:
+    """Write ``content`` to ``path`` atomically and return ``path``.
+
+    Args:
+        path: the destination file.
+        content: text (written as UTF-8), bytes, or a function ``write(tmp_path)`` that writes the file itself
+            (``safetensors.torch.save_file``, ``torch.save``, an image writer, ...).
+        suffix: suffix of the temporary file; see :func:`atomic_path`.
+    """
+    with atomic_path(path, suffix=suffix) as tmp:
+        if isinstance(content, str):
+            tmp.write_text(content, encoding="utf-8")
+        elif isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            content(tmp)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write ``text``."""
+    return atomic_write(path, text)
+
+
+def write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON with a final newline."""
+    dump_kwargs.setdefault("indent", 2)
+    return atomic_write(path, json.dumps(obj, **dump_kwargs) + "\n")

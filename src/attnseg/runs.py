@@ -1,0 +1,252 @@
+"""The run directory: the one module that knows its file names, reads and writes them.
+
+``attnseg train --out RUN`` creates::
+
+    RUN/config.yaml                 the resolved recipe (``attnseg train --config RUN/config.yaml`` reproduces the run)
+    RUN/plan.json                   the preprocessing plan (:class:`attnseg.data.preprocess.Plan`)
+    RUN/model.json                  how to rebuild the network through the registry (name, channels, kwargs, labels)
+    RUN/split.json                  the training and validation cases of the fold
+    RUN/log.csv                     one row per logged iteration
+    RUN/train_summary.json          final and best validation Dice
+    RUN/tensorboard/                TensorBoard events
+    RUN/checkpoints/NAME.safetensors  weights (``best`` on validation, ``last``), unwrapped from DDP / compile
+    RUN/checkpoints/NAME_state.pt     training state: iteration, optimiser, scheduler, grad scaler, RNG, world size;
+                                      loadable with ``torch.load(weights_only=True)``
+
+Training, inference, export and evaluation go through :class:`RunDir`; no other module spells these names. The
+names above are reserved: :func:`refuse_reserved` stops any other command (export, evaluate, bench) from writing over
+them, while writing other files into a run directory stays allowed. Every file is written atomically
+(:func:`attnseg.io.atomic_write`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from attnseg.errors import AttnsegError
+from attnseg.io import atomic_write, write_json, write_text
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from attnseg.data.preprocess import Plan
+
+__all__ = ["RunDir", "RunError", "unwrap", "refuse_reserved", "RESERVED_FILES", "RESERVED_DIRS", "CHECKPOINTS"]
+
+CONFIG, PLAN, MODEL, SPLIT, LOG, SUMMARY = (
+    "config.yaml",
+    "plan.json",
+    "model.json",
+    "split.json",
+    "log.csv",
+    ("train_summary.json"),
+)
+TENSORBOARD, CHECKPOINT_DIR = "tensorboard", "checkpoints"
+RESERVED_FILES = (CONFIG, PLAN, MODEL, SPLIT, LOG, SUMMARY)
+RESERVED_DIRS = (TENSORBOARD, CHECKPOINT_DIR)
+CHECKPOINTS = ("best", "last")
+
+
+class RunError(AttnsegError, ValueError):
+    """A run directory is incomplete or inconsistent, or a command would overwrite one of its files."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / ``torch.compile`` wrappers (what checkpoints store)."""
+    from torch import nn
+
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _looks_like_run(folder: Path) -> bool:
+    return (folder / MODEL).is_file() and (folder / PLAN).is_file()
+
+
+def refuse_reserved(path: str | os.PathLike, option: str) -> None:
+    """Raise :class:`RunError` if writing ``path`` would replace a file of a run directory.
+
+    Args:
+        path: the file a command is about to write.
+        option: the command-line option that named it, for the message.
+    """
+    path = Path(path).absolute()
+    for folder in (path.parent, path.parent.parent):
+        if not _looks_like_run(folder):
+            continue
+        inside = path.relative_to(folder).parts
+        if (len(inside) == 1 and inside[0] in RESERVED_FILES) or inside[0] in RESERVED_DIRS:
+            raise RunError(
+                f"{option} {path}: would overwrite {'/'.join(inside)} of the run directory {folder}; "
+                f"choose another name (run files: {', '.join(RESERVED_FILES + RESERVED_DIRS)})"
+            )
+
+
+class RunDir:
+    """A training run's directory.
+
+    Args:
+        path: the folder (created by :meth:`create`, read by the other methods).
+
+    Example:
+        >>> run = RunDir("runs/malunet_isic18")
+        >>> build = run.read_model()            # {"name": "malunet", "in_channels": 3, ...}
+        >>> run.load_weights(model, "best")
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ------------------------------------------------------------------------------------------------ file names
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / LOG
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / TENSORBOARD
+
+    def checkpoint_paths(self, name: str) -> tuple[Path, Path]:
+        """``(weights, state)`` paths of checkpoint ``name`` (``best`` or ``last``)."""
+        d = self.path / CHECKPOINT_DIR
+        return d / f"{name}.safetensors", d / f"{name}_state.pt"
+
+    def has_checkpoint(self, name: str) -> bool:
+        return all(p.exists() for p in self.checkpoint_paths(name))
+
+    # ----------------------------------------------------------------------------------------------------- write
+    def write_run_files(
+        self, *, config: Mapping[str, Any], plan: Plan, build: Mapping[str, Any], split: Mapping[str, Any]
+    ) -> None:
+        """Write ``config.yaml``, ``plan.json``, ``model.json`` and ``split.json`` (before the first step)."""
+        import yaml
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text(self.path / CONFIG, yaml.safe_dump(dict(config), sort_keys=False))
+        write_text(self.path / PLAN, plan.to_json())
+        write_json(self.path / MODEL, dict(build))
+        write_json(self.path / SPLIT, dict(split))
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        write_json(self.path / SUMMARY, dict(summary))
+
+    def save_checkpoint(
+        self, name: str, model: nn.Module, state: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+    ) -> None:
+        """Write the weights (safetensors, unwrapped) and the training state of checkpoint ``name``."""
+        import torch
+        from safetensors.torch import save_file
+
+        weights_path, state_path = self.checkpoint_paths(name)
+        weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+        atomic_write(weights_path, lambda tmp: save_file(weights, str(tmp), metadata=dict(metadata or {})))
+        atomic_write(state_path, lambda tmp: torch.save(dict(state), tmp))
+
+    def write_log(self, history: Sequence[Mapping[str, Any]], *, append: bool) -> None:
+        """``log.csv`` from ``history`` (rows of scalars): append its last row, or rewrite the whole file.
+
+        Appending is the common case (same columns as the file); a new column (the first validation) or a resumed
+        run rewrites the file, atomically.
+        """
+        fields = self.log_fields(history)
+        if append and self.log_path.exists():
+            with open(self.log_path, "a", newline="") as fh:
+                csv.DictWriter(fh, fieldnames=fields).writerow(history[-1])
+            return
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(history)
+
+        atomic_write(self.log_path, write)
+
+    @staticmethod
+    def log_fields(history: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Columns of ``log.csv``: ``iteration`` first, then the others sorted."""
+        return sorted({k for row in history for k in row}, key=lambda k: (k != "iteration", k))
+
+    # ------------------------------------------------------------------------------------------------------ read
+    def read_model(self) -> dict[str, Any]:
+        """``model.json``: ``name``, ``in_channels``, ``num_classes``, ``kwargs``, ``slab_size``, ``spatial_dims``,
+        ``label_names``; raises :class:`RunError` naming the file when it is missing or broken."""
+        doc = self._read_json(MODEL)
+        missing = [k for k in ("name", "in_channels", "num_classes") if k not in doc]
+        if missing:
+            raise RunError(
+                f"{self.path / MODEL}: missing {', '.join(missing)}; it does not describe a model (was it overwritten?)"
+            )
+        return doc
+
+    def read_plan(self) -> Plan:
+        from attnseg.data.preprocess import Plan
+
+        self._require(PLAN)
+        try:
+            return Plan.from_json((self.path / PLAN).read_text())
+        except (ValueError, TypeError, KeyError) as exc:
+            raise RunError(f"{self.path / PLAN}: not a preprocessing plan ({exc})") from None
+
+    def read_log(self, up_to_iteration: int | None = None) -> list[dict[str, Any]]:
+        """Rows of ``log.csv`` (strings, as csv gives them), optionally only up to an iteration (resume)."""
+        if not self.log_path.exists():
+            return []
+        with open(self.log_path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        return [r for r in rows if up_to_iteration is None or int(r["iteration"]) <= up_to_iteration]
+
+    def load_weights(self, model: nn.Module, name: str) -> nn.Module:
+        """Load checkpoint ``name``'s weights into ``model`` (strict)."""
+        from safetensors.torch import load_file
+
+        path = self.require_checkpoint(name)
+        unwrap(model).load_state_dict(load_file(str(path)), strict=True)
+        return model
+
+    def load_state(self, name: str) -> dict[str, Any]:
+        import torch
+
+        return torch.load(self.checkpoint_paths(name)[1], map_location="cpu", weights_only=True)
+
+    def require_checkpoint(self, name: str) -> Path:
+        """The weights file of checkpoint ``name``, or a :class:`RunError` saying what to do."""
+        self._require(MODEL)
+        weights = self.checkpoint_paths(name)[0]
+        if not weights.exists():
+            hint = " (no validation split: use --checkpoint last)" if name == "best" else ""
+            raise RunError(f"{weights}: checkpoint {name!r} not found{hint}")
+        return weights
+
+    def _require(self, name: str) -> Path:
+        path = self.path / name
+        if not path.is_file():
+            raise RunError(f"{path}: missing; is {self.path} a run directory written by `attnseg train`?")
+        return path
+
+    def _read_json(self, name: str) -> dict[str, Any]:
+        path = self._require(name)
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise RunError(f"{path}: expected a JSON object")
+        return doc

@@ -1,0 +1,91 @@
+"""ONNX export: onnxruntime reproduces PyTorch, the sidecar describes the preprocessing, bad options are clean."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from attnseg.cli.main import app
+from attnseg.config import AugmentConfig, TrainConfig
+from attnseg.inference.predictor import Predictor
+from attnseg.training.trainer import train
+
+ort = pytest.importorskip("onnxruntime")
+runner = CliRunner()
+
+
+def test_exported_graph_matches_pytorch_at_other_batch_and_size(ct_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(
+        TrainConfig(
+            model="unet",
+            model_kwargs={"width": 4},
+            data=str(ct_dataset),
+            out=str(run),
+            iterations=2,
+            batch_size=2,
+            input_size=[32, 32],
+            num_workers=0,
+            val_every=2,
+            augment=AugmentConfig(0, 0, 0),
+        ),
+        progress=False,
+    )
+    out = tmp_path / "export" / "unet.onnx"
+    result = runner.invoke(app, ["export", "--run", str(run), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads((out.parent / "unet.onnx.json").read_text())
+    assert sidecar["onnxruntime_max_abs_diff"] < 1e-4 and sidecar["input"]["size"] == [32, 32]
+    assert sidecar["preprocessing"]["channel_kinds"] == ["ct"] and sidecar["preprocessing"]["ct_stats"][0]["std"] > 0
+    model = Predictor.from_run(run).model
+    x = torch.randn(3, 1, 48, 64)  # another batch and size than at export
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["unet.onnx", "unet.onnx.json"]  # no temp files left
+
+
+def test_export_errors_are_one_line(tmp_path):
+    result = runner.invoke(app, ["export", "--run", str(tmp_path), "--output", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2 and "model.json" in result.output and "Traceback" not in result.output
+
+
+def test_export_into_the_run_directory_leaves_the_run_usable(ct_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(
+        TrainConfig(
+            model="unet",
+            model_kwargs={"width": 4},
+            data=str(ct_dataset),
+            out=str(run),
+            iterations=1,
+            batch_size=1,
+            input_size=[32, 32],
+            num_workers=0,
+            val_every=1,
+            augment=AugmentConfig(0, 0, 0),
+        ),
+        progress=False,
+    )
+    before = (run / "model.json").read_bytes()
+    result = runner.invoke(app, ["export", "--run", str(run), "--output", str(run / "model.onnx")])
+    assert result.exit_code == 0, result.output
+    assert (run / "model.json").read_bytes() == before and (run / "model.onnx.json").exists()
+    assert Predictor.from_run(run).model is not None  # the run still loads
+    clash = runner.invoke(app, ["export", "--run", str(run), "--output", str(run / "checkpoints" / "best.onnx")])
+    assert clash.exit_code == 2 and "would overwrite checkpoints/best.onnx" in clash.output
+    import stat
+
+    assert stat.S_IMODE((run / "model.onnx").stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
