@@ -88,7 +88,8 @@ def bench(
 
 
 def models() -> None:
-    """Table of every registered model: name, 2D/3D, paper, official repository, default input size."""
+    """Table of every registered model: name, 2D/3D, paper, official repository, default input size, and whether
+    ONNX export and torch.compile work (checked for every model by the conformance tests)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -100,6 +101,7 @@ def models() -> None:
     table.add_column("paper")
     table.add_column("official repo", overflow="fold")
     table.add_column("default input", no_wrap=True)
+    table.add_column("onnx/compile", no_wrap=True)
     names = list_models()
     for name in names:
         info = model_info(name)
@@ -109,6 +111,7 @@ def models() -> None:
             info.paper or "-",
             info.official_repo or "-",
             "x".join(str(s) for s in info.default_input_size),
+            f"{'yes' if info.onnx_export else 'no'}/{'yes' if info.torch_compile else 'no'}",
         )
     table.caption = f"{len(names)} models; build one with attnseg.models.create_model(name, in_channels, num_classes)"
     Console().print(table)

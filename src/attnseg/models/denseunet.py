@@ -273,8 +273,6 @@ SMALL_KWARGS: dict[str, Any] = {
     official_repo="moliqingcha/DACN",
     input_divisor=32,
     default_input_size=(256, 256),
-    onnx_export=True,
-    torch_compile=True,
     test_kwargs=SMALL_KWARGS,
     test_input_size=(64, 64),
 )
@@ -290,8 +288,6 @@ def denseunet(in_channels: int, num_classes: int, **kwargs: Any) -> DenseUNet:
     paper=_PAPER,
     input_divisor=32,
     default_input_size=(256, 256),
-    onnx_export=True,
-    torch_compile=True,
     test_kwargs={**SMALL_KWARGS, "input_size": 64},
     test_input_size=(64, 64),
 )
@@ -300,9 +296,7 @@ def ja_denseunet(in_channels: int, num_classes: int, attention: str = "joint", *
     return DenseUNet(in_channels, num_classes, attention=attention, **kwargs)
 
 
-@register_model(
-    "denseunet_small", paper=_PAPER, input_divisor=32, default_input_size=(64, 64), onnx_export=True, torch_compile=True
-)
+@register_model("denseunet_small", paper=_PAPER, input_divisor=32, default_input_size=(64, 64))
 def denseunet_small(in_channels: int, num_classes: int, **kwargs: Any) -> DenseUNet:
     """Small DenseUNet for CPU (``SMALL_KWARGS``, any of which may be overridden)."""
     return denseunet(in_channels, num_classes, **{**SMALL_KWARGS, **kwargs})
@@ -313,8 +307,6 @@ def denseunet_small(in_channels: int, num_classes: int, **kwargs: Any) -> DenseU
     paper=_PAPER,
     input_divisor=32,
     default_input_size=(64, 64),
-    onnx_export=True,
-    torch_compile=True,
 )
 def ja_denseunet_small(in_channels: int, num_classes: int, attention: str = "joint", **kwargs: Any) -> DenseUNet:
     """Small Joint Attention DenseUNet for CPU; point-wise maps sized for 64x64 inputs unless ``input_size`` is set."""

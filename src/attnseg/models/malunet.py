@@ -582,13 +582,10 @@ def _load_official_malunet(
 
 @register_model(
     "malunet",
-    spatial_dims=2,
     paper="Ruan et al., MALUNet, IEEE BIBM 2022 (doi:10.1109/BIBM55620.2022.9995040)",
     official_repo="JCruan519/MALUNet",
     input_divisor=32,
     default_input_size=(256, 256),
-    onnx_export=True,
-    torch_compile=True,
     test_input_size=(64, 64),
 )
 def malunet(in_channels: int, num_classes: int, **kwargs: Any) -> MALUNet:

@@ -801,8 +801,6 @@ def _build(in_channels: int, num_classes: int, dims: Sequence[int], **kwargs: ob
     input_divisor=112,
     default_input_size=(224, 224),
     tags=("2d",),
-    onnx_export=True,
-    torch_compile=True,
     test_kwargs={"dims": (3, 32, 64, 96), "base_dim": 16},  # the mdsa_unet_test widths
     test_input_size=(112, 112),
 )
@@ -830,8 +828,6 @@ def mdsa_unet(
     input_divisor=112,
     default_input_size=(224, 224),
     tags=("2d", "test"),
-    onnx_export=True,
-    torch_compile=True,
     test_input_size=(112, 112),
 )
 def mdsa_unet_test(

@@ -833,8 +833,6 @@ _PAPER = (
     official_repo="xmindflow/MSA-2Net",
     input_divisor=32,
     default_input_size=(224, 224),
-    onnx_export=True,
-    torch_compile=True,
     test_kwargs={"encoder_name": "maxvit_rmlp_pico_rw_256", "img_size": 64},  # same decoder, a small timm MaxViT
     test_input_size=(64, 64),
 )

@@ -504,13 +504,10 @@ def _load_official_mtunet(state_dict: dict[str, torch.Tensor], out_ch: int = 4) 
 
 @register_model(
     "mtunet",
-    spatial_dims=2,
     paper=_PAPER,
     official_repo="Dootmaan/MT-UNet",
     input_divisor=32,
     default_input_size=(224, 224),
-    onnx_export=True,
-    torch_compile=True,
     test_kwargs=_TEST_KWARGS,
     test_input_size=(64, 64),
 )

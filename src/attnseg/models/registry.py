@@ -76,8 +76,8 @@ class ModelInfo:
     input_divisor: int = 1  # input sides must be multiples of this (informational; models validate themselves)
     default_input_size: tuple[int, ...] = (224, 224)
     tags: tuple[str, ...] = field(default_factory=tuple)
-    onnx_export: bool = False  # ONNX export (TorchScript exporter, opset 17, dynamic axes) works, onnxruntime agrees
-    torch_compile: bool = False  # torch.compile (inductor, CPU) works and agrees with eager
+    onnx_export: bool = True  # ONNX export (TorchScript exporter, opset 17, dynamic axes) works, onnxruntime agrees
+    torch_compile: bool = True  # torch.compile (inductor, CPU) works and agrees with eager
     # the CPU-sized configuration the conformance suite builds (register_model: test_input_size = default_input_size
     # unless given)
     test_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
@@ -96,8 +96,8 @@ def register_model(
     input_divisor: int = 1,
     default_input_size: Sequence[int] | None = None,
     tags: Sequence[str] = (),
-    onnx_export: bool = False,
-    torch_compile: bool = False,
+    onnx_export: bool = True,
+    torch_compile: bool = True,
     test_kwargs: dict[str, Any] | None = None,
     test_input_size: Sequence[int] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -113,9 +113,11 @@ def register_model(
         input_divisor: input sides must be multiples of this (informational; the model validates itself).
         default_input_size: the paper's input size; defaults to 224x224 (2D) or 96^3 (3D).
         tags: free-form labels (e.g. ``"slab"``).
-        onnx_export: True only if ONNX export (TorchScript exporter, opset 17, dynamic batch and sides, as
-            ``attnseg export`` does) works and onnxruntime agrees.
-        torch_compile: True only if ``torch.compile`` (inductor, CPU) works and agrees with eager.
+        onnx_export: whether ONNX export (TorchScript exporter, opset 17, dynamic batch and sides, as
+            ``attnseg export`` does) works and onnxruntime agrees. Defaults to True; the conformance suite fails
+            until a model that cannot be exported says False.
+        torch_compile: whether ``torch.compile`` works on CPU and agrees with eager. Defaults to True (checked
+            by the conformance suite in both directions, like ``onnx_export``).
         test_kwargs: factory options of a CPU-sized configuration for the conformance suite (same code paths as the
             default, smaller widths/sizes). Defaults to none (the factory defaults).
         test_input_size: spatial input size for that configuration. Defaults to ``default_input_size``.

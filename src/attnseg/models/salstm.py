@@ -635,21 +635,27 @@ def _load_official_lstmsa(state_dict: dict[str, torch.Tensor], **kwargs: Any) ->
 # input_divisor is the default backbone's (MT-UNet takes only img_size, a multiple of 32; U-Net: multiples of 16).
 _TEST_SLICE = {"backbone_kwargs": {"img_size": 64, "stem_channels": 8, "embed_dim": 16}, "hidden_channels": 8}
 _TEST_SCALE = {"backbone_kwargs": {"width": 8}, "hidden_channels": 8}
-
-
-@register_model(
-    "salstm",
-    spatial_dims=2,
+# Registry entries shared by SALSTM and LSTMSA: slab models on MT-UNet; 2D reconstructions on U-Net.
+_SLICE_ENTRY: dict[str, Any] = dict(
     paper=_PAPER,
     official_repo=_REPO,
     input_divisor=32,
     default_input_size=(224, 224),
     tags=("slab",),
-    onnx_export=True,
-    torch_compile=True,
     test_kwargs=_TEST_SLICE,
     test_input_size=(64, 64),
 )
+_SCALE_ENTRY: dict[str, Any] = dict(
+    paper=_PAPER + " (2D variant: reconstruction)",
+    official_repo=_REPO,
+    input_divisor=16,
+    default_input_size=(224, 224),
+    test_kwargs=_TEST_SCALE,
+    test_input_size=(32, 32),
+)
+
+
+@register_model("salstm", **_SLICE_ENTRY)
 def salstm(in_channels: int, num_classes: int, **kwargs: Any) -> SliceContextNet:
     """SALSTM on a slab of adjacent slices; ``backbone="mtunet"`` (default) is the released ACDC model.
 
@@ -664,36 +670,13 @@ def salstm(in_channels: int, num_classes: int, **kwargs: Any) -> SliceContextNet
     return _slice_model("salstm", in_channels, num_classes, **kwargs)
 
 
-@register_model(
-    "lstmsa",
-    spatial_dims=2,
-    paper=_PAPER,
-    official_repo=_REPO,
-    input_divisor=32,
-    default_input_size=(224, 224),
-    tags=("slab",),
-    onnx_export=True,
-    torch_compile=True,
-    test_kwargs=_TEST_SLICE,
-    test_input_size=(64, 64),
-)
+@register_model("lstmsa", **_SLICE_ENTRY)
 def lstmsa(in_channels: int, num_classes: int, **kwargs: Any) -> SliceContextNet:
     """LSTMSA on a slab of adjacent slices; options and defaults as :func:`salstm` (``"mtunet"``: the release)."""
     return _slice_model("lstmsa", in_channels, num_classes, **kwargs)
 
 
-@register_model(
-    "salstm2d",
-    spatial_dims=2,
-    paper=_PAPER + " (2D variant: reconstruction)",
-    official_repo=_REPO,
-    input_divisor=16,
-    default_input_size=(224, 224),
-    onnx_export=True,
-    torch_compile=True,
-    test_kwargs=_TEST_SCALE,
-    test_input_size=(32, 32),
-)
+@register_model("salstm2d", **_SCALE_ENTRY)
 def salstm2d(in_channels: int, num_classes: int, **kwargs: Any) -> ScaleContextNet:
     """SALSTM for 2D images over a scale-space slab of the backbone features (a reconstruction; see module doc).
 
@@ -710,18 +693,7 @@ def salstm2d(in_channels: int, num_classes: int, **kwargs: Any) -> ScaleContextN
     return _scale_model("salstm", in_channels, num_classes, **kwargs)
 
 
-@register_model(
-    "lstmsa2d",
-    spatial_dims=2,
-    paper=_PAPER + " (2D variant: reconstruction)",
-    official_repo=_REPO,
-    input_divisor=16,
-    default_input_size=(224, 224),
-    onnx_export=True,
-    torch_compile=True,
-    test_kwargs=_TEST_SCALE,
-    test_input_size=(32, 32),
-)
+@register_model("lstmsa2d", **_SCALE_ENTRY)
 def lstmsa2d(in_channels: int, num_classes: int, **kwargs: Any) -> ScaleContextNet:
     """LSTMSA for 2D images over a scale-space slab (a reconstruction); options and defaults as :func:`salstm2d`."""
     return _scale_model("lstmsa", in_channels, num_classes, **kwargs)

@@ -84,12 +84,9 @@ _UNET_PAPER = "Ronneberger et al., U-Net, MICCAI 2015 (MONAI BasicUNet)"
 
 @register_model(
     "unet",
-    spatial_dims=2,
     paper=_UNET_PAPER,
     input_divisor=16,
     default_input_size=(224, 224),
-    onnx_export=True,
-    torch_compile=True,
     test_kwargs={"width": 8},
     test_input_size=(32, 32),
 )
@@ -104,8 +101,6 @@ def unet(in_channels: int, num_classes: int, width: int = 32, dropout: float = 0
     paper="Cicek et al., 3D U-Net, MICCAI 2016 (MONAI BasicUNet)",
     input_divisor=16,
     default_input_size=(96, 96, 96),
-    onnx_export=True,
-    torch_compile=True,
     test_kwargs={"width": 4},
     test_input_size=(32, 32, 32),
 )
