@@ -18,23 +18,25 @@ ort = pytest.importorskip("onnxruntime")
 runner = CliRunner()
 
 
-def test_exported_graph_matches_pytorch_at_other_batch_and_size(ct_dataset, tmp_path):
-    run = tmp_path / "run"
-    train(
-        TrainConfig(
-            model="unet",
-            model_kwargs={"width": 4},
-            data=str(ct_dataset),
-            out=str(run),
-            iterations=2,
-            batch_size=2,
-            input_size=[32, 32],
-            num_workers=0,
-            val_every=2,
-            augment=AugmentConfig(0, 0, 0),
-        ),
-        progress=False,
+def _train_unet(data, run, iterations: int = 2):
+    cfg = TrainConfig(
+        model="unet",
+        model_kwargs={"width": 4},
+        data=str(data),
+        out=str(run),
+        iterations=iterations,
+        batch_size=2,
+        input_size=[32, 32],
+        num_workers=0,
+        val_every=iterations,
+        augment=AugmentConfig(0, 0, 0),
     )
+    train(cfg, progress=False)
+    return run
+
+
+def test_exported_graph_matches_pytorch_at_other_batch_and_size(ct_dataset, tmp_path):
+    run = _train_unet(ct_dataset, tmp_path / "run")
     out = tmp_path / "export" / "unet.onnx"
     result = runner.invoke(app, ["export", "--run", str(run), "--output", str(out)])
     assert result.exit_code == 0, result.output
@@ -55,22 +57,7 @@ def test_export_errors_are_one_line(tmp_path):
 
 
 def test_export_into_the_run_directory_leaves_the_run_usable(ct_dataset, tmp_path):
-    run = tmp_path / "run"
-    train(
-        TrainConfig(
-            model="unet",
-            model_kwargs={"width": 4},
-            data=str(ct_dataset),
-            out=str(run),
-            iterations=1,
-            batch_size=1,
-            input_size=[32, 32],
-            num_workers=0,
-            val_every=1,
-            augment=AugmentConfig(0, 0, 0),
-        ),
-        progress=False,
-    )
+    run = _train_unet(ct_dataset, tmp_path / "run", iterations=1)
     before = (run / "model.json").read_bytes()
     result = runner.invoke(app, ["export", "--run", str(run), "--output", str(run / "model.onnx")])
     assert result.exit_code == 0, result.output
