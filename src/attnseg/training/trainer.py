@@ -30,7 +30,7 @@ from attnseg.data.layout import DatasetInfo, load_dataset, load_splits
 from attnseg.data.preprocess import Plan, load_case, make_plan, preprocess_case
 from attnseg.inference.sliding_window import predict_probabilities
 from attnseg.metrics import confusion_counts, dice_from_counts
-from attnseg.models.registry import check_input_size, create_model, model_info
+from attnseg.models.registry import check_input_size, create_model, ddp_safe, model_info
 from attnseg.runs import RunDir, unwrap
 from attnseg.training import distributed as ddp
 from attnseg.training.losses import build_loss
@@ -183,7 +183,7 @@ class Trainer:
                 f"{c.input_size}: model {c.model!r} is {meta.spatial_dims}D and needs {meta.spatial_dims} sizes",
                 option="input_size",
             )
-        if c.compile and not getattr(meta, "torch_compile", True):
+        if c.compile and not meta.torch_compile:
             raise ConfigError(f"model {c.model!r} does not support torch.compile", option="compile")
         self.model = self.build_model(in_channels, num_classes)
         try:
@@ -335,11 +335,10 @@ class Trainer:
             )
         if ddp.world_size() > 1:
             # only a model that declares parameters its forward never uses pays for the unused-parameter search
-            unused = getattr(self.model, "unused_parameters", None)
             self.model = nn.parallel.DistributedDataParallel(
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=bool(unused()) if callable(unused) else False,
+                find_unused_parameters=not ddp_safe(self.model),
             )
         if c.compile:
             self.model = torch.compile(self.model)
