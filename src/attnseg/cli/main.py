@@ -101,6 +101,20 @@ def _register() -> None:
     for name, func in commands.COMMANDS.items():
         app.command(name)(cli_errors(func))
 
+    from attnseg.cli.study import STUDY_COMMANDS
+
+    study_app = typer.Typer(
+        name="study",
+        help="Cross-validated comparison of models: `study run` trains and evaluates, `study report` summarises.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich",
+    )
+    for name, func in STUDY_COMMANDS.items():
+        study_app.command(name)(cli_errors(func))
+    app.add_typer(study_app, name="study")
+
 
 _register()
 

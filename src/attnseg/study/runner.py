@@ -1,0 +1,419 @@
+"""Run a study: train, predict and evaluate every (model entry, fold, seed) job into one study directory.
+
+The study directory ``DIR``::
+
+    DIR/study.yaml                              the study (absolute paths, folds as split names)
+    DIR/runs/<label>/fold<k>_seed<s>/           a normal training run directory, plus
+        study_job.json                          {"label", "model", "fold", "seed", "status": "done"|"failed",
+                                                 "error", "train_seconds", "predict_seconds", "images"}
+        metrics.csv                             model,fold,seed,split,case,label,metric,value
+    DIR/results.csv                             every done job's metrics.csv rows, sorted
+    DIR/costs.json                              {label: {"params": int, "macs": float | null}}
+
+Jobs are ordered entry by entry (file order), then fold, then seed; ``shard=(i, n)`` runs ``jobs[i-1::n]`` so
+several processes can share one directory. A job is done when its ``study_job.json`` says so; a re-run skips done
+jobs, resumes a run directory holding a ``last`` checkpoint and restarts one without. A failing job is recorded
+(status ``failed`` with the message) and the study goes on; :func:`run_study` returns the failed jobs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attnseg.errors import AttnsegError
+from attnseg.io import write_json, write_text
+from attnseg.study.config import StudyConfig, StudyError, load_study, parse_study
+
+__all__ = [
+    "Job",
+    "JobResult",
+    "METRICS",
+    "RESULT_COLUMNS",
+    "collect_results",
+    "jobs_of",
+    "parse_shard",
+    "prepare_study_dir",
+    "run_study",
+]
+
+RESULT_COLUMNS: tuple[str, ...] = ("model", "fold", "seed", "split", "case", "label", "metric", "value")
+METRICS: tuple[str, ...] = ("dice", "iou", "hd95", "assd")
+JOB_FILE = "study_job.json"
+METRICS_FILE = "metrics.csv"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (entry, fold, seed) training run of a study."""
+
+    label: str
+    model: str
+    fold: str
+    seed: int
+
+    def run_dir(self, study_dir: str | os.PathLike) -> Path:
+        """``DIR/runs/<label>/<fold>_seed<seed>``."""
+        return Path(study_dir) / "runs" / self.label / f"{self.fold}_seed{self.seed}"
+
+    def __str__(self) -> str:
+        return f"{self.label}/{self.fold}_seed{self.seed}"
+
+
+@dataclass
+class JobResult:
+    """What happened to one job in this call."""
+
+    job: Job
+    status: str  # "done", "failed" or "skipped" (already done)
+    error: str | None = None
+
+
+def jobs_of(study: StudyConfig) -> list[Job]:
+    """Every job of ``study`` in the deterministic order: entry (file order), fold, seed."""
+    return [Job(m.label, m.name, f, s) for m in study.models for f in study.folds for s in study.seeds]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with 1 <= I <= N; None -> ``(1, 1)``."""
+    if text is None:
+        return 1, 1
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise StudyError(f"shard: {text!r} must be I/N, e.g. 1/2") from None
+    if not 1 <= i <= n:
+        raise StudyError(f"shard: {text!r} needs 1 <= I <= N")
+    return i, n
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _is_done(run_dir: Path) -> bool:
+    marker = _read_json(run_dir / JOB_FILE)
+    return bool(marker) and marker.get("status") == "done" and (run_dir / METRICS_FILE).exists()
+
+
+def _comparable(study: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    rest = {k: v for k, v in study.items() if k != "models"}
+    return rest, list(study.get("models", []))
+
+
+def prepare_study_dir(study: StudyConfig, out: str | os.PathLike, *, force: bool = False) -> Path:
+    """Check ``out`` can hold ``study`` and write ``out/study.yaml``.
+
+    A directory holding a different study (anything but added model entries) is refused unless ``force``.
+
+    Raises:
+        StudyError: the directory holds a different study, or is a file.
+    """
+    import yaml
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StudyError(f"--out: {out} is a file, not a study directory")
+    stored_path = out / "study.yaml"
+    new = study.to_dict()
+    if stored_path.exists() and not force:
+        try:
+            old_raw = yaml.safe_load(stored_path.read_text())
+            old = parse_study(old_raw, out, check_dataset=False).to_dict()
+        except (StudyError, yaml.YAMLError) as exc:
+            raise StudyError(f"{stored_path}: unreadable study ({' '.join(str(exc).split())}); use --force") from None
+        old_rest, old_models = _comparable(old)
+        new_rest, new_models = _comparable(new)
+        changed = [k for k in sorted(set(old_rest) | set(new_rest)) if old_rest.get(k) != new_rest.get(k)]
+        removed = [m["label"] for m in old_models if m not in new_models]
+        if changed or removed:
+            what = f"key(s) {', '.join(changed)}" if changed else f"model entries {', '.join(removed)}"
+            raise StudyError(
+                f"{out} holds a different study ({what} differ; only added models entries are allowed); "
+                "use --force or another --out"
+            )
+    write_text(stored_path, yaml.safe_dump(new, sort_keys=False))
+    return out
+
+
+def _split_cases(study: StudyConfig, fold: str) -> tuple[list[str], list[str], Any]:
+    from attnseg.data.layout import load_dataset, load_splits
+
+    info = load_dataset(study.dataset)
+    splits = load_splits(info, write_if_missing=False)
+    split = splits[fold]
+    val = list(split.get("val", []))
+    test = split.get("test", splits.get("test", []))
+    test = list(test) if isinstance(test, list) else []
+    return val, test, info
+
+
+def _predict_and_evaluate(study: StudyConfig, job: Job, run_dir: Path, device: str) -> tuple[list[list[Any]], int]:
+    """Predict the fold's validation (and test) cases with the ``best`` checkpoint; the metrics.csv rows."""
+    import numpy as np
+
+    from attnseg.data.io import read_label
+    from attnseg.evaluation.evaluate import evaluate_arrays
+    from attnseg.inference.predictor import PredictionInput, Predictor
+
+    val, test, info = _split_cases(study, job.fold)
+    predictor = Predictor.from_run(run_dir, "best", device=device)
+    rows: list[list[Any]] = []
+    images = 0
+    for split, ids in (("val", val), ("test", test)):
+        pairs = []
+        for cid in ids:
+            case = info.cases[cid]
+            if case.label is None:
+                continue
+            image, meta = predictor.read(PredictionInput(cid, list(case.images)))
+            probs = predictor.predict_case(image, meta)
+            pred = probs.argmax(0).astype(np.uint8 if probs.shape[0] < 256 else np.int16)
+            if probs.shape[0] == 1:  # a binary sigmoid model: one foreground channel
+                pred = (probs[0] >= 0.5).astype(np.uint8)
+            gt, _ = read_label(case.label)
+            pairs.append((cid, pred, gt, meta.spacing))
+            images += 1
+        if not pairs:
+            continue
+        summary = evaluate_arrays(pairs, labels=info.labels, protocol=study.protocol)
+        for entry in summary["per_case"]:
+            for label, values in entry["per_class"].items():
+                for metric in METRICS:
+                    if metric in values:
+                        rows.append(
+                            [job.label, job.fold, job.seed, split, entry["case"], label, metric, float(values[metric])]
+                        )
+    return rows, images
+
+
+def _csv_text(rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(RESULT_COLUMNS)
+    for row in rows:
+        writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
+    return buf.getvalue()
+
+
+def _error_text(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _run_job(study: StudyConfig, job: Job, study_dir: Path, device: str | None) -> JobResult:
+    """Train (or resume), predict and evaluate one job; record it in its run directory."""
+    from attnseg.config import resolve_device
+    from attnseg.runs import RunDir
+    from attnseg.training import trainer as trainer_module
+
+    run_dir = job.run_dir(study_dir)
+    run = RunDir(run_dir)
+    if run_dir.exists() and not run.has_checkpoint("last"):
+        shutil.rmtree(run_dir)  # nothing to resume: start again from an empty directory
+    resume = run.has_checkpoint("last")
+    entry = study.entry(job.label)
+    record: dict[str, Any] = {
+        "label": job.label,
+        "model": job.model,
+        "fold": job.fold,
+        "seed": job.seed,
+        "status": "failed",
+        "error": None,
+        "train_seconds": None,
+        "predict_seconds": None,
+        "images": 0,
+    }
+    try:
+        cfg = study.train_config(entry, job.fold, job.seed, run_dir)
+        if device is not None:
+            cfg.device = device
+        t0 = time.perf_counter()
+        trainer_module.train(cfg, resume=resume, progress=False)
+        record["train_seconds"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        rows, images = _predict_and_evaluate(study, job, run_dir, str(resolve_device(cfg.device)))
+        record["predict_seconds"] = round(time.perf_counter() - t0, 3)
+        record["images"] = images
+        write_text(run_dir / METRICS_FILE, _csv_text(rows))
+        record["status"] = "done"
+    except Exception as exc:  # noqa: BLE001 - a failing job is recorded and the study goes on
+        record["error"] = _error_text(exc)
+        if not isinstance(exc, AttnsegError):  # not the input's fault: keep the traceback of the bug
+            record["traceback"] = traceback.format_exc()
+    write_json(run_dir / JOB_FILE, record)
+    return JobResult(job, record["status"], record["error"])
+
+
+def collect_results(study: StudyConfig, study_dir: str | os.PathLike) -> Path:
+    """Rewrite ``DIR/results.csv`` from every done job's ``metrics.csv`` (sorted rows)."""
+    study_dir = Path(study_dir)
+    rows: list[list[str]] = []
+    for job in jobs_of(study):
+        run_dir = job.run_dir(study_dir)
+        if not _is_done(run_dir):
+            continue
+        with open(run_dir / METRICS_FILE, newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None or tuple(header) != RESULT_COLUMNS:
+                continue
+            rows.extend(list(r) for r in reader if r)
+
+    def key(r: list[str]) -> tuple[Any, ...]:
+        return (r[0], r[1], int(r[2]), r[3], r[4], r[5], r[6])
+
+    rows.sort(key=key)
+    return write_text(study_dir / "results.csv", _csv_text(rows))
+
+
+def _label_costs(study: StudyConfig, job: Job, study_dir: Path) -> dict[str, Any]:
+    """Parameters and fvcore MACs of one entry's model at the study input size (MACs null when they fail)."""
+    import torch
+
+    from attnseg.bench.complexity import count_parameters, fvcore_macs
+    from attnseg.models.registry import create_model
+    from attnseg.runs import RunDir
+
+    build = RunDir(job.run_dir(study_dir)).read_model()
+    model = create_model(build["name"], build["in_channels"], build["num_classes"], **build.get("kwargs", {}))
+    model.eval()
+    cfg = study.train_config(study.entry(job.label), job.fold, job.seed)
+    slab = int(build.get("slab_size", 1) or 1)
+    shape = [1, int(build["in_channels"]), *([slab] if slab > 1 else []), *cfg.input_size]
+    params = count_parameters(model).total
+    macs: float | None
+    try:
+        with torch.no_grad():
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+            macs = float(fvcore_macs(model, (x,))[0])
+    except Exception:  # noqa: BLE001 - fvcore missing or the count failing leaves MACs null
+        macs = None
+    return {"params": int(params), "macs": macs}
+
+
+def _update_costs(study: StudyConfig, study_dir: Path) -> None:
+    path = study_dir / "costs.json"
+    costs = _read_json(path) or {}
+    missing = False
+    for entry in study.models:
+        if entry.label in costs:
+            continue
+        done = [j for j in jobs_of(study) if j.label == entry.label and _is_done(j.run_dir(study_dir))]
+        if not done:
+            continue
+        try:
+            costs[entry.label] = _label_costs(study, done[0], study_dir)
+        except Exception:  # noqa: BLE001 - costs are extra information; a later run tries again
+            continue
+        missing = True
+    if missing:
+        write_json(path, costs)
+
+
+def _progress(enabled: bool, total: int, completed: int) -> tuple[Any, Any]:
+    if not enabled:
+        return None, None
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("[bold]study"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    task = bar.add_task("", total=total, completed=completed)
+    bar.start()
+    return bar, task
+
+
+def _write_report(study_dir: Path) -> None:
+    try:
+        from attnseg.study import report
+    except ImportError:
+        return
+    write_report = getattr(report, "write_report", None)
+    if callable(write_report):
+        write_report(study_dir)
+
+
+def run_study(
+    study: StudyConfig | str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    shard: tuple[int, int] | str | None = None,
+    force: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> list[JobResult]:
+    """Run (or continue) a study into ``out``.
+
+    Args:
+        study: a parsed study or the path of a study file.
+        out: the study directory.
+        shard: ``(i, n)`` or ``"i/n"``: run only ``jobs[i-1::n]``.
+        force: accept a directory holding a different study (its ``study.yaml`` is replaced; done jobs with the
+            same label, fold and seed are still skipped).
+        device: overrides the training device of every job (``auto``, ``cpu``, ``cuda:N``).
+        progress: show a progress bar of the jobs.
+
+    Returns:
+        The jobs that failed in this call (empty when all succeeded).
+
+    Raises:
+        StudyError: an invalid study file or a directory holding a different study (nothing is written then).
+    """
+    if not isinstance(study, StudyConfig):
+        study = load_study(study)
+    i, n = shard if isinstance(shard, tuple) else parse_shard(shard)
+    if not 1 <= i <= n:
+        raise StudyError(f"shard: {i}/{n} needs 1 <= I <= N")
+    study_dir = prepare_study_dir(study, out, force=force)
+    mine = jobs_of(study)[i - 1 :: n]
+    already = sum(_is_done(j.run_dir(study_dir)) for j in mine)
+    bar, task = _progress(progress, len(mine), already)
+    failed: list[JobResult] = []
+    try:
+        for job in mine:
+            if _is_done(job.run_dir(study_dir)):
+                continue
+            if bar is not None:
+                bar.update(task, description=str(job))
+            result = _run_job(study, job, study_dir, device)
+            if result.status == "failed":
+                failed.append(result)
+            else:
+                _update_costs(study, study_dir)
+            collect_results(study, study_dir)
+            if bar is not None:
+                bar.update(task, advance=1)
+    finally:
+        if bar is not None:
+            bar.stop()
+    collect_results(study, study_dir)
+    _update_costs(study, study_dir)
+    _write_report(study_dir)
+    return failed
