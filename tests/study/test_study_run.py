@@ -272,3 +272,14 @@ def test_a_3d_dataset_with_a_test_split_gets_test_rows(ct_dataset, tmp_path):
     }
     assert {r["label"] for r in rows} == {"organ_a", "organ_b"}
     assert {r["metric"] for r in rows} == {"dice", "iou"}  # what the nnunet protocol provides
+
+
+def test_the_demo_study_file_loads_every_model_at_its_input_size():
+    from attnseg.models.registry import check_input_size, create_model
+
+    root = Path(__file__).resolve().parents[2]
+    study = load_study(root / "recipes" / "studies" / "demo.yaml")
+    assert [m.label for m in study.models][0] == study.baseline == "unet"
+    for entry in study.models:
+        model = create_model(entry.name, 1, 9, **entry.model_kwargs)
+        check_input_size(model, study.train["input_size"])
