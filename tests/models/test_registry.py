@@ -6,7 +6,14 @@ import pytest
 import torch
 
 import attnseg
-from attnseg.models.registry import check_input_size, ddp_safe, has_feature_interface, model_info, register_model
+from attnseg.models.registry import (
+    check_input_size,
+    ddp_safe,
+    has_feature_interface,
+    model_info,
+    register_model,
+    sized_kwargs,
+)
 
 
 def test_public_api_lists_and_builds():
@@ -64,3 +71,21 @@ def test_capability_flags_test_configuration_and_ddp_safe():
     small = {"img_size": 64, "stem_channels": 8, "embed_dim": 16}
     assert not ddp_safe(attnseg.create_model("mtunet", 1, 2, **small))  # keeps the official never-called Linears
     assert ddp_safe(attnseg.create_model("mtunet", 1, 2, unused_params=False, **small))
+
+
+@pytest.mark.parametrize("name", [n for n in attnseg.list_models() if model_info(n).size_kwargs is not None])
+def test_models_built_for_a_size_are_built_for_any_valid_size(name):
+    """``sized_kwargs`` supplies the size options (img_size, n_win, input_size): no hand-written kwargs needed."""
+    info = model_info(name)
+    size = (96, 96) if name != "mdsa_unet" else (128, 128)  # a size none of them is built for by default
+    sized = info.size_kwargs(size)
+    base = {k: v for k, v in info.test_kwargs.items() if k not in sized}
+    if name in ("msa2net", "mtunet", "mdsa_unet"):  # built for one size: refuse others without the options
+        with pytest.raises(ValueError):
+            check_input_size(attnseg.create_model(name, 1, 2, **base), size)
+    model = attnseg.create_model(name, 1, 2, **sized_kwargs(name, size, base)).eval()
+    check_input_size(model, size)
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, *size)).shape == (1, 2, *size)
+    assert model.attnseg_build["kwargs"].items() >= sized.items()  # recorded, so a run rebuilds the same model
+    assert sized_kwargs(name, size, {**base, **sized, "x": 1})["x"] == 1  # given options win

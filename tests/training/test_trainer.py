@@ -135,3 +135,20 @@ def test_epochs_derive_iterations_from_the_training_samples(ct_dataset, tmp_path
         _cfg(ct_dataset, tmp_path / "run", iterations=None, epochs=2, batch_size=4, val_every=6), progress=False
     )
     assert summary["iterations_per_epoch"] == 6 and summary["iterations"] == 12 and summary["epochs"] == 2
+
+
+def test_a_model_built_for_one_size_trains_at_the_run_size(ct_dataset, tmp_path):
+    """MT-UNet's position embedding is built for img_size: the trainer builds it for --input-size by itself."""
+    cfg = _cfg(
+        ct_dataset,
+        tmp_path / "run",
+        model="mtunet",
+        model_kwargs={"stem_channels": 8, "embed_dim": 16},
+        input_size=[64, 64],
+        iterations=1,
+        val_every=1,
+        batch_size=1,
+    )
+    train(cfg, progress=False)
+    build = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert build["kwargs"] == {"img_size": 64, "stem_channels": 8, "embed_dim": 16}

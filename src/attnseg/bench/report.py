@@ -149,7 +149,7 @@ def run_benchmark(
 
     from attnseg.bench.complexity import measure_complexity
     from attnseg.bench.speed import measure_peak_memory, measure_speed
-    from attnseg.models.registry import check_input_size, create_model, model_info
+    from attnseg.models.registry import check_input_size, create_model, model_info, sized_kwargs
 
     if batch_size < 1:
         raise BenchError(f"batch_size must be >= 1, got {batch_size}")
@@ -165,7 +165,7 @@ def run_benchmark(
     size = resolve_input_size(name, input_size)
     kwargs = dict(model_kwargs or {})
     try:
-        model = create_model(name, in_channels=in_channels, num_classes=num_classes, **kwargs)
+        model = create_model(name, in_channels=in_channels, num_classes=num_classes, **sized_kwargs(name, size, kwargs))
     except (TypeError, ValueError) as exc:  # an option the factory does not take, or a value it refuses
         if isinstance(exc, TypeError) and "argument" not in str(exc):
             raise

@@ -267,6 +267,11 @@ SMALL_KWARGS: dict[str, Any] = {
 }
 
 
+def _maps_for_size(size: tuple[int, ...]) -> dict[str, Any]:
+    """The joint attention's point-wise maps are sized for the input (``input_size``, PSANet's (2h-1)x(2w-1))."""
+    return {"input_size": tuple(size)}
+
+
 @register_model(
     "denseunet",
     paper=_PAPER,
@@ -290,6 +295,7 @@ def denseunet(in_channels: int, num_classes: int, **kwargs: Any) -> DenseUNet:
     default_input_size=(256, 256),
     test_kwargs={**SMALL_KWARGS, "input_size": 64},
     test_input_size=(64, 64),
+    size_kwargs=_maps_for_size,
 )
 def ja_denseunet(in_channels: int, num_classes: int, attention: str = "joint", **kwargs: Any) -> DenseUNet:
     """Joint Attention DenseUNet; ``attention="joint"|"point"|"self"|"none"`` is the paper's ablation."""
@@ -307,6 +313,7 @@ def denseunet_small(in_channels: int, num_classes: int, **kwargs: Any) -> DenseU
     paper=_PAPER,
     input_divisor=32,
     default_input_size=(64, 64),
+    size_kwargs=_maps_for_size,
 )
 def ja_denseunet_small(in_channels: int, num_classes: int, attention: str = "joint", **kwargs: Any) -> DenseUNet:
     """Small Joint Attention DenseUNet for CPU; point-wise maps sized for 64x64 inputs unless ``input_size`` is set."""

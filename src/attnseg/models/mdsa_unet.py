@@ -794,6 +794,11 @@ def _build(in_channels: int, num_classes: int, dims: Sequence[int], **kwargs: ob
     return MDSAUNet(num_classes=num_classes, dims=dims, **kwargs)  # type: ignore[arg-type]
 
 
+def _auto_grid_off_112(size: tuple[int, ...]) -> dict[str, object]:
+    """The released 7x7 region grid takes multiples of 112; any other size gets the fixed-region-size grid."""
+    return {} if all(s % 112 == 0 for s in size) else {"n_win": "auto"}
+
+
 @register_model(
     "mdsa_unet",
     paper=_PAPER,
@@ -803,6 +808,7 @@ def _build(in_channels: int, num_classes: int, dims: Sequence[int], **kwargs: ob
     tags=("2d",),
     test_kwargs={"dims": (3, 32, 64, 96), "base_dim": 16},  # the mdsa_unet_test widths
     test_input_size=(112, 112),
+    size_kwargs=_auto_grid_off_112,
 )
 def mdsa_unet(
     in_channels: int = 3,

@@ -835,6 +835,7 @@ _PAPER = (
     default_input_size=(224, 224),
     test_kwargs={"encoder_name": "maxvit_rmlp_pico_rw_256", "img_size": 64},  # same decoder, a small timm MaxViT
     test_input_size=(64, 64),
+    size_kwargs=lambda size: {"img_size": size},
 )
 def msa2net(in_channels: int, num_classes: int, **kwargs: Any) -> MSA2Net:
     """MSA²Net (default: paper decoder, executed modules only, proper token transposes, 224x224).

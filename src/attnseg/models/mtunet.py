@@ -502,6 +502,11 @@ def _load_official_mtunet(state_dict: dict[str, torch.Tensor], out_ch: int = 4) 
     return load_mapped(model, state_dict, official_mtunet_rename)
 
 
+def _square_img_size(size: tuple[int, ...]) -> dict[str, Any]:
+    """MT-UNet's position embedding is built for one square side (``img_size``)."""
+    return {"img_size": size[0]} if len(size) == 2 and size[0] == size[1] else {}
+
+
 @register_model(
     "mtunet",
     paper=_PAPER,
@@ -510,6 +515,7 @@ def _load_official_mtunet(state_dict: dict[str, torch.Tensor], out_ch: int = 4) 
     default_input_size=(224, 224),
     test_kwargs=_TEST_KWARGS,
     test_input_size=(64, 64),
+    size_kwargs=_square_img_size,
 )
 def mtunet(in_channels: int, num_classes: int, **kwargs: Any) -> MTUNet:
     """MT-UNet as released with SALSTM (224x224; 79,075,064 parameters at 4 classes).

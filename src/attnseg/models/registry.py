@@ -41,6 +41,7 @@ from attnseg.models.contract import (
 )
 
 __all__ = [
+    "sized_kwargs",
     "UnknownModelError",
     "ModelInfo",
     "register_model",
@@ -82,6 +83,8 @@ class ModelInfo:
     # unless given)
     test_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
     test_input_size: tuple[int, ...] = (224, 224)
+    # options that build the model for an input size (e.g. MSA2Net's img_size); see sized_kwargs()
+    size_kwargs: Callable[[tuple[int, ...]], dict[str, Any]] | None = field(default=None, hash=False)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -100,6 +103,7 @@ def register_model(
     torch_compile: bool = True,
     test_kwargs: dict[str, Any] | None = None,
     test_input_size: Sequence[int] | None = None,
+    size_kwargs: Callable[[tuple[int, ...]], dict[str, Any]] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering ``factory(in_channels, num_classes, **kwargs)`` under ``name``.
 
@@ -121,6 +125,9 @@ def register_model(
         test_kwargs: factory options of a CPU-sized configuration for the conformance suite (same code paths as the
             default, smaller widths/sizes). Defaults to none (the factory defaults).
         test_input_size: spatial input size for that configuration. Defaults to ``default_input_size``.
+        size_kwargs: for models built for one input size: ``size -> options`` that build the model for ``size``
+            (e.g. ``{"img_size": 128}``), so training at any valid size needs no hand-written options. Defaults to
+            none (the model takes any valid size as built).
     """
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -142,6 +149,7 @@ def register_model(
             torch_compile=bool(torch_compile),
             test_kwargs=dict(test_kwargs or {}),
             test_input_size=tuple(test_input_size) if test_input_size else size,
+            size_kwargs=size_kwargs,
         )
         return factory
 
@@ -194,6 +202,18 @@ def create_model(name: str, in_channels: int = 3, num_classes: int = 2, **kwargs
     # Remember how the model was built so checkpoints can rebuild it through the registry.
     model.attnseg_build = {"name": name, "in_channels": in_channels, "num_classes": num_classes, "kwargs": dict(kwargs)}
     return model
+
+
+def sized_kwargs(name: str, input_size: Sequence[int], kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``kwargs`` completed with the options that build model ``name`` for ``input_size`` (given options win).
+
+    Example:
+        >>> sized_kwargs("msa2net", (128, 128))
+        {'img_size': (128, 128)}
+    """
+    info = model_info(name)
+    sized = info.size_kwargs(tuple(int(s) for s in input_size)) if info.size_kwargs else {}
+    return {**sized, **(kwargs or {})}
 
 
 def check_input_size(model: nn.Module, spatial: Sequence[int]) -> None:

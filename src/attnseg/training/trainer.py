@@ -30,7 +30,7 @@ from attnseg.data.layout import DatasetInfo, load_dataset, load_splits
 from attnseg.data.preprocess import Plan, load_case, make_plan, preprocess_case
 from attnseg.inference.sliding_window import predict_probabilities
 from attnseg.metrics import confusion_counts, dice_from_counts
-from attnseg.models.registry import check_input_size, create_model, ddp_safe, model_info
+from attnseg.models.registry import check_input_size, create_model, ddp_safe, model_info, sized_kwargs
 from attnseg.runs import RunDir, unwrap
 from attnseg.training import distributed as ddp
 from attnseg.training.losses import build_loss
@@ -118,7 +118,10 @@ class Trainer:
     def build_model(self, in_channels: int, num_classes: int) -> nn.Module:
         c = self.cfg
         try:
-            return create_model(c.model, in_channels, num_classes, **c.model_kwargs)
+            # models built for one input size (MSA2Net's img_size, ...) are built for the run's
+            return create_model(
+                c.model, in_channels, num_classes, **sized_kwargs(c.model, c.input_size, c.model_kwargs)
+            )
         except TypeError as exc:  # an option the factory does not take
             if "argument" not in str(exc):
                 raise
