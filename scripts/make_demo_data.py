@@ -595,6 +595,9 @@ any evaluation).
   case; `ct_trunk_lower` (pelvis and lower abdomen) is the fold0 validation case. The cut keeps the whole upper
   abdomen (which the test scan shows) for training. Validation is from the same patient and scan, so it is
   optimistic: use it for monitoring and checkpoint selection only.
+- `fold1` swaps the two (the pelvis trains, the upper abdomen validates) so that `attnseg study` has two folds to
+  cross-validate. The pelvis shows only aorta, kidneys and the liver tip: fold1 models cannot learn gallbladder,
+  spleen, pancreas or stomach, and their scores show it. `attnseg demo` uses fold0.
 - `ct_dicom_abdomen` is a different scan (origin z -804.5 mm vs +94.3 mm, other spacing, other contrast phase)
   and is the held-out test case (`splits.json` `test`). It shows liver, spleen, stomach, pancreas and aorta, no
   kidneys or gallbladder.
@@ -682,7 +685,12 @@ def build(root: Path, out: Path, fixture_out: Path | None, docs_dir: Path) -> di
     if tmp_out.exists():
         shutil.rmtree(tmp_out)
     report: dict = {"source_ids": source_ids, "cases": {}, "counts": {}, "checks": {}}
-    splits = {"fold0": {"train": sorted(TRAIN_CASES), "val": sorted(VAL_CASES)}, "test": [TEST_CASE]}
+    splits = {
+        "fold0": {"train": sorted(TRAIN_CASES), "val": sorted(VAL_CASES)},
+        # the swap, so that a study (`attnseg study`) has two folds; the pelvis lacks four organs, see the README
+        "fold1": {"train": sorted(VAL_CASES), "val": sorted(TRAIN_CASES)},
+        "test": [TEST_CASE],
+    }
     items = [(c, *train[c], "imagesTr", "labelsTr") for c in sorted(train)]
     items.append((TEST_CASE, test_ct, test_lab, test_aff, "imagesTs", "labelsTs"))
     for case, ct, lab, aff, img_dir, lab_dir in items:

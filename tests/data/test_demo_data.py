@@ -96,7 +96,8 @@ def test_layout_and_splits():
     # One channel only: no _0001 files.
     assert not list(DATASET.rglob("*_0001.nii.gz"))
     splits = _json("splits.json")
-    assert set(splits) == {"fold0", "test"}
+    assert set(splits) == {"fold0", "fold1", "test"}
+    assert splits["fold1"] == {"train": splits["fold0"]["val"], "val": splits["fold0"]["train"]}  # the swap
     train, val, test = splits["fold0"]["train"], splits["fold0"]["val"], splits["test"]
     assert train and val and test
     assert not (set(train) & set(val)) and not (set(train) & set(test)) and not (set(val) & set(test))

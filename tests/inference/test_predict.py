@@ -147,3 +147,67 @@ def test_rgb_folder_files_are_cases_not_channels(tmp_path):
     assert [(i.case_id, len(i.paths)) for i in find_inputs(tmp_path, 1)] == [("a", 1), ("a_0001", 1), ("b", 1)]
     two = find_inputs(tmp_path, 2)
     assert [(i.case_id, len(i.paths)) for i in two] == [("a", 2), ("b", 1)]
+
+
+@pytest.fixture(scope="module")
+def second_ct_run(ct_dataset, tmp_path_factory):
+    """Another CT run (other seed and input size): an ensemble member with its own plan."""
+    out = tmp_path_factory.mktemp("run") / "ct2"
+    cfg = TrainConfig(
+        model="unet",
+        model_kwargs={"width": 4},
+        data=str(ct_dataset),
+        out=str(out),
+        iterations=4,
+        batch_size=2,
+        input_size=[48, 48],
+        seed=1,
+        num_workers=0,
+        val_every=2,
+        augment=AugmentConfig(0, 0, 0),
+    )
+    train(cfg, progress=False)
+    return out
+
+
+def test_an_ensemble_averages_the_runs_probabilities(ct_run, second_ct_run, ct_dataset, tmp_path):
+    image = ct_dataset / "imagesTs" / "test000_0000.nii.gz"
+    probs = []
+    for name, run in (("a", ct_run), ("b", second_ct_run)):
+        assert _predict(run, image, tmp_path / name, "--probabilities").exit_code == 0
+        probs.append(np.load(tmp_path / name / "test000_probabilities.npz")["probabilities"].astype(np.float32))
+    result = _predict(ct_run, image, tmp_path / "ens", "--probabilities", "--run", str(second_ct_run))
+    assert result.exit_code == 0, result.output
+    ens = np.load(tmp_path / "ens" / "test000_probabilities.npz")["probabilities"].astype(np.float32)
+    mean = (probs[0] + probs[1]) / 2
+    np.testing.assert_allclose(ens, mean, atol=2e-3)  # float16 files
+    assert not np.allclose(probs[0], probs[1], atol=1e-2)  # the members differ, so the mean is a real test
+    labels = np.asarray(nib.load(tmp_path / "ens" / "test000.nii.gz").dataobj)
+    decided = np.sort(mean, axis=0)[-1] - np.sort(mean, axis=0)[-2] > 5e-3  # away from float16 ties
+    assert (labels == mean.argmax(0))[decided].all()
+
+
+def test_an_ensemble_of_incompatible_runs_is_refused(ct_run, rgb_dataset, tmp_path):
+    rgb_run = tmp_path / "rgb"
+    cfg = TrainConfig(
+        model="unet",
+        model_kwargs={"width": 4},
+        data=str(rgb_dataset),
+        out=str(rgb_run),
+        iterations=1,
+        batch_size=2,
+        input_size=[32, 32],
+        num_workers=0,
+        val_every=0,
+    )
+    train(cfg, progress=False)
+    image = rgb_dataset / "imagesTr" / "img000_0000.png"
+    result = _predict(ct_run, image, tmp_path / "out", "--run", str(rgb_run))
+    assert result.exit_code == 2
+    assert (
+        f"{rgb_run}: input channels ['rgb', 'rgb', 'rgb'] differ from {ct_run}'s ['ct']; cannot ensemble"
+        in result.output
+    )
+    twice = _predict(ct_run, image, tmp_path / "out", "--run", str(ct_run))
+    assert twice.exit_code == 2 and "--run: the same run directory is given twice" in twice.output
+    assert not (tmp_path / "out").exists()

@@ -77,15 +77,19 @@ def test_capability_flags_test_configuration_and_ddp_safe():
 def test_models_built_for_a_size_are_built_for_any_valid_size(name):
     """``sized_kwargs`` supplies the size options (img_size, n_win, input_size): no hand-written kwargs needed."""
     info = model_info(name)
-    size = (96, 96) if name != "mdsa_unet" else (128, 128)  # a size none of them is built for by default
+    side = 96 if name != "mdsa_unet" else 128  # a size none of them is built for by default
+    size = (side,) * info.spatial_dims
     sized = info.size_kwargs(size)
     base = {k: v for k, v in info.test_kwargs.items() if k not in sized}
-    if name in ("msa2net", "mtunet", "mdsa_unet"):  # built for one size: refuse others without the options
+    if name in ("salstm", "lstmsa"):  # the small MT-UNet backbone without its size
+        base["backbone_kwargs"] = {k: v for k, v in base["backbone_kwargs"].items() if k != "img_size"}
+    if name in ("msa2net", "mtunet", "mdsa_unet", "salstm", "lstmsa"):  # built for one size: refuse others
         with pytest.raises(ValueError):
             check_input_size(attnseg.create_model(name, 1, 2, **base), size)
     model = attnseg.create_model(name, 1, 2, **sized_kwargs(name, size, base)).eval()
     check_input_size(model, size)
+    slab = (model.slab_size,) if getattr(model, "slab_size", None) else ()
     with torch.no_grad():
-        assert model(torch.randn(1, 1, *size)).shape == (1, 2, *size)
+        assert model(torch.randn(1, 1, *slab, *size)).shape == (1, 2, *size)
     assert model.attnseg_build["kwargs"].items() >= sized.items()  # recorded, so a run rebuilds the same model
     assert sized_kwargs(name, size, {**base, **sized, "x": 1})["x"] == 1  # given options win

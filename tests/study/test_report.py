@@ -13,8 +13,9 @@ import pytest
 import scipy.stats
 import yaml
 
-from attnseg.study.report import read_results, summarize, write_report
+from attnseg.study.report import write_report
 from attnseg.study.stats import bootstrap_ci, holm, paired_cases, wilcoxon_p
+from attnseg.study.summary import read_results, summarize
 
 CLASSES = ["liver", "tumor"]
 FOLDS = ["fold0", "fold1"]
@@ -263,7 +264,7 @@ def test_table_numbers_recompute_from_results(study_dir: Path) -> None:
     rows = _csv_rows(study_dir)
     header, body, footnote = _parse_markdown((study_dir / "table.md").read_text())
     assert header == ["Model", "Params (M)", "MACs (G)", "Dice (mean ± std)", "HD95 (mean ± std)", "Dice liver",
-                      "Dice tumor", "Train time / run", "Inference ms / image"]  # fmt: skip
+                      "Dice tumor", "Test Dice", "Train time / run", "Inference ms / image"]  # fmt: skip
     assert len(body) == len(LABELS)
     costs = json.loads((study_dir / "costs.json").read_text())
 
@@ -294,13 +295,24 @@ def test_table_numbers_recompute_from_results(study_dir: Path) -> None:
             assert s == pytest.approx(scale * float(np.std(per_fold, ddof=1)), abs=0.005)
         for col, cls in zip((5, 6), CLASSES):
             assert float(row[col]) == pytest.approx(100 * class_mean(cls, "dice"), abs=0.005)
+        tested = [r for r in rows if r["model"] == label and r["split"] == "test"]  # no ensemble: pooled folds
+        if tested:
+            test_mean, test_std = _mean_std(row[7])
+            pooled = mean([class_mean(c, "dice", tested) for c in CLASSES])
+            per_fold = [
+                mean([class_mean(c, "dice", [r for r in tested if r["fold"] == f]) for c in CLASSES]) for f in FOLDS
+            ]
+            assert test_mean == pytest.approx(100 * pooled, abs=0.005)
+            assert test_std == pytest.approx(100 * float(np.std(per_fold, ddof=1)), abs=0.005)
+        else:
+            assert row[7] == "–"
         jobs = [json.loads(p.read_text()) for p in sorted((study_dir / "runs" / label).glob("*/study_job.json"))]
         done = [j for j in jobs if j["status"] == "done"]
-        assert row[7] == f"{mean([j['train_seconds'] for j in done]):.1f} s" or row[7].endswith(" min")
-        if row[7].endswith(" min"):
-            assert float(row[7].split()[0]) == pytest.approx(mean([j["train_seconds"] for j in done]) / 60, abs=0.051)
+        assert row[8] == f"{mean([j['train_seconds'] for j in done]):.1f} s" or row[8].endswith(" min")
+        if row[8].endswith(" min"):
+            assert float(row[8].split()[0]) == pytest.approx(mean([j["train_seconds"] for j in done]) / 60, abs=0.051)
         ms = mean([j["predict_seconds"] / j["images"] * 1000 for j in done])
-        assert float(row[8]) == pytest.approx(ms, abs=0.005)
+        assert float(row[9]) == pytest.approx(ms, abs=0.005)
     assert "Wilcoxon" in footnote and "Holm" in footnote and "n = 12 pairs" in footnote
     assert "(fold, seed, case)" in footnote and "Protocol: strict" in footnote
     assert "over 2 comparison(s) (same: fewer than 2 pairs or no non-zero difference, not tested)" in footnote

@@ -274,12 +274,54 @@ def test_a_3d_dataset_with_a_test_split_gets_test_rows(ct_dataset, tmp_path):
     assert {r["metric"] for r in rows} == {"dice", "iou"}  # what the nnunet protocol provides
 
 
+def test_a_study_with_folds_and_a_test_split_evaluates_the_fold_ensemble(ct_dataset, tmp_path):
+    import numpy as np
+
+    from attnseg.data.io import read_label
+    from attnseg.evaluation.evaluate import evaluate_arrays
+    from attnseg.inference.predictor import Ensemble, PredictionInput, labels_from_probabilities
+
+    train = {**TRAIN, "iterations": 2, "val_every": 0, "batch_size": 1}
+    path = _study_file(tmp_path, ct_dataset, folds=[0, 1], train=train, models=MODELS[:1])
+    out = tmp_path / "out"
+    assert run_study(path, out, progress=False) == []
+    rows = _rows(out / "results.csv")
+    ensemble = [r for r in rows if r["fold"] == "ensemble"]
+    assert {(r["split"], r["case"], r["seed"]) for r in ensemble} == {("test", "test000", "0")}
+    runs = [out / "runs" / "unet" / f"fold{k}_seed0" for k in (0, 1)]
+    for run in runs:  # the kept label maps equal the rows' fold predictions
+        assert (run / "predictions" / "val").is_dir() and (run / "predictions" / "test" / "test000.npz").exists()
+    # the same ensemble through the predictor (float32 probabilities, the study keeps float16 ones)
+    members = Ensemble.from_runs(runs, device="cpu")
+    case = PredictionInput("test000", [ct_dataset / "imagesTs" / "test000_0000.nii.gz"])
+    image, meta = members.read(case)
+    pred = labels_from_probabilities(members.predict_case(image, meta))
+    gt, _ = read_label(ct_dataset / "labelsTs" / "test000.nii.gz")
+    expected = evaluate_arrays([("test000", pred, gt, meta.spacing)], labels={"organ_a": 1, "organ_b": 2})
+    for r in ensemble:
+        if r["metric"] == "dice":
+            want = expected["per_case"][0]["per_class"][r["label"]]["dice"]
+            assert float(r["value"]) == pytest.approx(want, abs=1e-3)
+    fold_dice = [
+        float(r["value"]) for r in rows if (r["split"], r["metric"]) == ("test", "dice") and r["fold"] != "ensemble"
+    ]
+    assert len(fold_dice) == 4 and np.isfinite(fold_dice).all()  # 2 folds x 2 classes
+    summary = json.loads((out / "summary.json").read_text())
+    info = summary["models"]["unet"]
+    assert info["test_ensemble_mean"]["organ_a"]["dice"] == pytest.approx(
+        np.mean([float(r["value"]) for r in ensemble if r["label"] == "organ_a" and r["metric"] == "dice"])
+    )
+    assert info["test_n_runs"] == 2  # the ensemble is not a third fold
+
+
 def test_the_demo_study_file_loads_every_model_at_its_input_size():
-    from attnseg.models.registry import check_input_size, create_model
+    from attnseg.models.registry import check_input_size, create_model, sized_kwargs
 
     root = Path(__file__).resolve().parents[2]
     study = load_study(root / "recipes" / "studies" / "demo.yaml")
     assert [m.label for m in study.models][0] == study.baseline == "unet"
-    for entry in study.models:
-        model = create_model(entry.name, 1, 9, **entry.model_kwargs)
-        check_input_size(model, study.train["input_size"])
+    assert len(study.folds) == 2 and any(m.name.startswith("nnunet_") for m in study.models)
+    size = study.train["input_size"]
+    for entry in study.models:  # as the trainer builds them: no hand-written size options
+        model = create_model(entry.name, 1, 9, **sized_kwargs(entry.name, size, entry.model_kwargs))
+        check_input_size(model, size)

@@ -152,3 +152,38 @@ def test_a_model_built_for_one_size_trains_at_the_run_size(ct_dataset, tmp_path)
     train(cfg, progress=False)
     build = json.loads((tmp_path / "run" / "model.json").read_text())
     assert build["kwargs"] == {"img_size": 64, "stem_channels": 8, "embed_dim": 16}
+
+
+def test_a_shared_progress_display_gets_one_training_task(ct_dataset, tmp_path):
+    """``attnseg study`` passes its display: the trainer adds its bar there, advances it and removes it."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    class Recording(Progress):
+        def __init__(self) -> None:
+            super().__init__(console=Console(file=io.StringIO()), auto_refresh=False)
+            self.events: list[tuple] = []
+
+        def add_task(self, description, **kwargs):
+            task = super().add_task(description, **kwargs)
+            self.events.append(("add", description, kwargs.get("total")))
+            return task
+
+        def update(self, task, **kwargs):
+            super().update(task, **kwargs)
+            self.events.append(("update", kwargs.get("advance"), kwargs.get("description")))
+
+        def remove_task(self, task):
+            super().remove_task(task)
+            self.events.append(("remove",))
+
+    display = Recording()
+    study_task = display.add_task("study", total=3)
+    train(_cfg(ct_dataset, tmp_path / "run", iterations=4, val_every=0), progress=display)
+    assert display.events[1] == ("add", "  train", 4)
+    steps = [e for e in display.events if e[0] == "update"]
+    assert [e[1] for e in steps] == [1, 1, 1, 1] and all(e[2].startswith("  train loss ") for e in steps)
+    assert display.events[-1] == ("remove",) and [t.id for t in display.tasks] == [study_task]
+    assert not display.live.is_started  # the owner starts and stops the display, not the trainer

@@ -10,7 +10,13 @@ __all__ = ["predict_command"]
 
 
 def predict_command(
-    run: Path = typer.Option(..., "--run", "-r", help="Run directory written by `attnseg train`."),
+    runs: list[Path] = typer.Option(
+        ...,
+        "--run",
+        "-r",
+        help="Run directory written by `attnseg train`. Repeat it to average several runs' probabilities "
+        "(a fold ensemble, as nnU-Net's).",
+    ),
     input: Path = typer.Option(..., "--input", "-i", help="Image file, DICOM series folder, or a folder of them."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the masks (same geometry as the input)."),
     checkpoint: str = typer.Option("best", help="best | last."),
@@ -19,16 +25,23 @@ def predict_command(
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write CASE_probabilities.npz."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
 ) -> None:
-    """Segment images with a trained model. Folders continue past bad files and report them at the end."""
+    """Segment images with a trained model (or an ensemble of runs). Folders continue past bad files and report
+    them at the end."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from attnseg.config import ConfigError, resolve_device
-    from attnseg.inference.predictor import Predictor, find_inputs
+    from attnseg.inference.predictor import Ensemble, Predictor, find_inputs
 
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint must be best or last, got {checkpoint!r}")
-    predictor = Predictor.from_run(run, checkpoint=checkpoint, device=resolve_device(device))
+    if len(set(runs)) < len(runs):
+        raise ConfigError("--run: the same run directory is given twice")
+    device = resolve_device(device)
+    if len(runs) == 1:
+        predictor = Predictor.from_run(runs[0], checkpoint=checkpoint, device=device)
+    else:
+        predictor = Ensemble.from_runs(runs, checkpoint=checkpoint, device=device)
     items = find_inputs(input, predictor.files_per_case)
     if not items:
         raise ConfigError(f"--input {input}: no images found")

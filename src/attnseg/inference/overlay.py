@@ -8,7 +8,7 @@ import numpy as np
 
 from attnseg.io import atomic_write
 
-__all__ = ["save_overlay", "PALETTE"]
+__all__ = ["PALETTE", "blend", "save_overlay", "to_gray_uint8", "to_ras"]
 
 # Distinct colours for labels 1..; label 0 is transparent.
 PALETTE = np.array(
@@ -30,12 +30,12 @@ PALETTE = np.array(
 )
 
 
-def _to_gray_uint8(image: np.ndarray) -> np.ndarray:
+def to_gray_uint8(image: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(image, [1, 99])
     return (np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
 
 
-def _blend(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def blend(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     out = rgb.astype(np.float32).copy()
     for value in np.unique(labels):
         if value == 0:
@@ -45,7 +45,7 @@ def _blend(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarr
     return out.astype(np.uint8)
 
 
-def _to_ras(arrays: list[np.ndarray | None], affine: np.ndarray) -> list[np.ndarray | None]:
+def to_ras(arrays: list[np.ndarray | None], affine: np.ndarray) -> list[np.ndarray | None]:
     import nibabel as nib
 
     ornt = nib.orientations.ornt_transform(
@@ -83,7 +83,7 @@ def save_overlay(
     gt = None if ground_truth is None else np.asarray(ground_truth)
     if pred.ndim == 3:  # volume: pick the most informative axial slice
         if affine is not None:
-            img, pred, gt = _to_ras([img, pred, gt], affine)
+            img, pred, gt = to_ras([img, pred, gt], affine)
         ref = gt if gt is not None and gt.any() else pred
         z = int(np.argmax((ref > 0).reshape(-1, ref.shape[-1]).sum(0)))
 
@@ -94,10 +94,10 @@ def save_overlay(
         gt = None if gt is None else view(gt)
     if rgb and img.shape[0] == 3:
         base = np.moveaxis(img, 0, -1)
-        base = base if base.dtype == np.uint8 else _to_gray_uint8(base)
+        base = base if base.dtype == np.uint8 else to_gray_uint8(base)
     else:
-        base = np.repeat(_to_gray_uint8(img[0])[..., None], 3, axis=-1)
-    panels = [base] + ([_blend(base, gt)] if gt is not None else []) + [_blend(base, pred)]
+        base = np.repeat(to_gray_uint8(img[0])[..., None], 3, axis=-1)
+    panels = [base] + ([blend(base, gt)] if gt is not None else []) + [blend(base, pred)]
     gap = np.full((base.shape[0], 4, 3), 255, np.uint8)
     canvas = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
     return atomic_write(path, lambda tmp: Image.fromarray(np.ascontiguousarray(canvas)).save(tmp, format="PNG"))

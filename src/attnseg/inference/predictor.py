@@ -1,10 +1,12 @@
 """Prediction on real files from a trained run directory.
 
 ``Predictor.from_run(RUN)`` rebuilds the model through the registry (``model.json``), loads ``best`` or ``last``
-weights and the preprocessing plan (``plan.json``). ``predict_case`` maps an image in its original geometry to a
-label map on exactly the same grid: preprocessing (reorientation, resampling, normalisation) runs forward, the
-probabilities run backward through the inverse, and the mask is written with the input's affine / spacing / origin /
-direction. A DICOM series folder is written as NIfTI.
+weights and the preprocessing plan (``plan.json``). ``Ensemble.from_runs([R1, R2, ...])`` averages the probabilities
+of several runs (nnU-Net's fold ensemble), each run with its own preprocessing, on the input's grid.
+
+``predict_case`` maps an image in its original geometry to a label map on exactly the same grid: preprocessing
+(reorientation, resampling, normalisation) runs forward, the probabilities run backward through the inverse, and the
+mask is written with the input's affine / spacing / origin / direction. A DICOM series folder is written as NIfTI.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from attnseg.io import atomic_write
 from attnseg.models.registry import create_model
 from attnseg.runs import RunDir, RunError
 
-__all__ = ["Predictor", "PredictionInput", "find_inputs", "RunError"]
+__all__ = ["Ensemble", "Predictor", "PredictionInput", "RunError", "find_inputs", "labels_from_probabilities"]
 
 
 @dataclass
@@ -82,6 +84,11 @@ def find_inputs(path: Path, files_per_case: int) -> list[PredictionInput]:
     return sorted(items, key=lambda i: i.case_id)
 
 
+def labels_from_probabilities(probs: np.ndarray) -> np.ndarray:
+    """The label map of class probabilities ``[classes, *spatial]`` (argmax; uint8 below 256 classes)."""
+    return probs.argmax(0).astype(np.uint8 if probs.shape[0] < 256 else np.int16)
+
+
 def _case_name(path: Path) -> str:
     stem = strip_suffix(path) if path.is_file() else path.name
     return re.sub(r"_0000$", "", stem)
@@ -98,6 +105,7 @@ class Predictor:
     label_names: dict[int, str] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 8
+    num_classes: int = 2  # output logits (1 for a binary sigmoid model)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> Predictor:
@@ -117,6 +125,7 @@ class Predictor:
             slab=int(build.get("slab_size", 1)),
             label_names=names,
             device=device,
+            num_classes=int(build["num_classes"]),
         )
 
     @property
@@ -179,7 +188,7 @@ class Predictor:
             try:
                 image, meta = self.read(item)
                 probs = self.predict_case(image, meta, tta=tta)
-                labels = probs.argmax(0).astype(np.uint8 if probs.shape[0] < 256 else np.int16)
+                labels = labels_from_probabilities(probs)
                 suffix = ".nii.gz" if item.is_dicom else image_suffix(item.paths[0])
                 if suffix in (".jpg", ".jpeg"):
                     suffix = ".png"  # masks must be lossless
@@ -201,3 +210,49 @@ class Predictor:
             if on_done is not None:
                 on_done(item, error)
         return failures
+
+
+@dataclass
+class Ensemble(Predictor):
+    """Several runs predicting together: the mean of their class probabilities on the input's grid.
+
+    As nnU-Net's fold ensemble (Isensee et al., Nature Methods 2021), the members are typically the runs of the
+    cross-validation folds. Each member keeps its own preprocessing plan and sliding window, so runs trained at
+    different input sizes or spacings can join; they must agree on the input channels and the classes. Reading
+    and writing use the first member's plan.
+    """
+
+    members: list[Predictor] = field(default_factory=list)
+
+    @classmethod
+    def from_runs(
+        cls, run_dirs: Sequence[str | Path], checkpoint: str = "best", device: str | torch.device = "cpu"
+    ) -> Ensemble:
+        """Load every run; raises :class:`RunError` naming the run that does not match the first."""
+        if not run_dirs:
+            raise RunError("an ensemble needs at least one run directory")
+        members = [Predictor.from_run(r, checkpoint=checkpoint, device=device) for r in run_dirs]
+        first = members[0]
+        for run_dir, member in zip(run_dirs[1:], members[1:], strict=True):
+            for what, mine, theirs in (
+                ("input channels", member.plan.channel_kinds, first.plan.channel_kinds),
+                ("2D/3D data", member.plan.data_is_3d, first.plan.data_is_3d),
+                ("classes", _classes(member), _classes(first)),
+            ):
+                if mine != theirs:
+                    raise RunError(f"{run_dir}: {what} {mine} differ from {run_dirs[0]}'s {theirs}; cannot ensemble")
+        return cls(**{f: getattr(first, f) for f in _PREDICTOR_FIELDS}, members=members)
+
+    def predict_case(self, image: np.ndarray, meta: ImageMeta, *, tta: bool = False) -> np.ndarray:
+        total = self.members[0].predict_case(image, meta, tta=tta)
+        for member in self.members[1:]:
+            total += member.predict_case(image, meta, tta=tta)
+        return total / len(self.members)
+
+
+_PREDICTOR_FIELDS = ("model", "plan", "spatial_dims", "slab", "label_names", "device", "batch_size", "num_classes")
+
+
+def _classes(predictor: Predictor) -> tuple[int, dict[int, str]]:
+    """Output classes as probabilities count them (a sigmoid model's one logit gives two) and their names."""
+    return max(predictor.num_classes, 2), predictor.label_names

@@ -3,8 +3,9 @@
 Finding a module of a paper: ``malunet.py`` (MALUNet: DGA, IEA, CAB, SAB), ``mdsa_unet.py`` (MDSA-UNet: MDSA, EDM,
 EUF), ``msa2net.py`` (MSA2Net: MASAG, decoder stages), ``salstm.py`` (SALSTM/LSTMSA heads), ``mtunet.py`` (MT-UNet,
 the SALSTM release's backbone), ``denseunet.py`` + ``joint_attention.py`` (Joint Attention DenseUNet), ``unet.py``
-(MONAI baselines). Blocks shared by several of them (conv-BN-ReLU, CBAM channel pooling, input-size checks,
-fan-out init) live in :mod:`attnseg.layers`.
+(MONAI baselines), ``nnunet.py`` (nnU-Net's PlainConvUNet and ResEnc M, planned for the input size). Blocks
+shared by several of them (conv-BN-ReLU, CBAM channel pooling, input-size checks, fan-out init) live in
+:mod:`attnseg.layers`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from attnseg.models import (
     mdsa_unet,  # noqa: F401
     msa2net,  # noqa: F401
     mtunet,  # noqa: F401
+    nnunet,  # noqa: F401
     salstm,  # noqa: F401
     unet,  # noqa: F401
 )

@@ -69,7 +69,7 @@ from torch import nn
 
 from attnseg.layers import check_divisible, padded_size
 from attnseg.models.official import load_mapped, register_official
-from attnseg.models.registry import create_model, has_feature_interface, register_model
+from attnseg.models.registry import create_model, has_feature_interface, register_model, sized_kwargs
 
 __all__ = [
     "ConvLSTMCell",
@@ -350,7 +350,11 @@ def _validate_backbone_size(backbone: nn.Module, spatial: tuple[int, ...]) -> No
 
 
 def _build_backbone(
-    backbone: str | nn.Module, in_channels: int, hidden_channels: int, backbone_kwargs: Mapping[str, Any] | None
+    backbone: str | nn.Module,
+    in_channels: int,
+    hidden_channels: int,
+    backbone_kwargs: Mapping[str, Any] | None,
+    input_size: Sequence[int] | None = None,
 ) -> nn.Module:
     if isinstance(backbone, nn.Module):
         net = backbone
@@ -360,7 +364,10 @@ def _build_backbone(
             raise ValueError(f"backbone must be a segmentation network, not the head model {backbone!r}")
         name = backbone
         # The backbone's classifier becomes the projection to the head width (release: MTUNet(out_ch=64)).
-        net = create_model(backbone, in_channels, hidden_channels, **dict(backbone_kwargs or {}))
+        kwargs = dict(backbone_kwargs or {})
+        if input_size is not None:  # a backbone built for one size (MT-UNet's img_size) is built for this one
+            kwargs = sized_kwargs(backbone, input_size, kwargs)
+        net = create_model(backbone, in_channels, hidden_channels, **kwargs)
     _check_backbone(net, name)
     return net
 
@@ -502,10 +509,11 @@ def _backbone_and_head(
     hidden_channels: int,
     options: dict[str, Any],
 ) -> tuple[nn.Module, BiTransLSTMHead]:
+    input_size = options.pop("input_size", None)
     head_kw = _head_kwargs(options)
     if options:
         raise ValueError(f"unknown option(s) {sorted(options)}; pass backbone options as backbone_kwargs={{...}}")
-    net = _build_backbone(backbone, in_channels, hidden_channels, backbone_kwargs)
+    net = _build_backbone(backbone, in_channels, hidden_channels, backbone_kwargs, input_size)
     return net, BiTransLSTMHead(hidden_channels, num_classes, hidden_channels, variant=variant, **head_kw)
 
 
@@ -635,6 +643,13 @@ def _load_official_lstmsa(state_dict: dict[str, torch.Tensor], **kwargs: Any) ->
 # input_divisor is the default backbone's (MT-UNet takes only img_size, a multiple of 32; U-Net: multiples of 16).
 _TEST_SLICE = {"backbone_kwargs": {"img_size": 64, "stem_channels": 8, "embed_dim": 16}, "hidden_channels": 8}
 _TEST_SCALE = {"backbone_kwargs": {"width": 8}, "hidden_channels": 8}
+
+
+def _backbone_for_size(size: tuple[int, ...]) -> dict[str, Any]:
+    """The named backbone is built for the input size (a no-op for backbones that take any valid size)."""
+    return {"input_size": tuple(size)}
+
+
 # Registry entries shared by SALSTM and LSTMSA: slab models on MT-UNet; 2D reconstructions on U-Net.
 _SLICE_ENTRY: dict[str, Any] = dict(
     paper=_PAPER,
@@ -644,6 +659,7 @@ _SLICE_ENTRY: dict[str, Any] = dict(
     tags=("slab",),
     test_kwargs=_TEST_SLICE,
     test_input_size=(64, 64),
+    size_kwargs=_backbone_for_size,
 )
 _SCALE_ENTRY: dict[str, Any] = dict(
     paper=_PAPER + " (2D variant: reconstruction)",
@@ -652,6 +668,7 @@ _SCALE_ENTRY: dict[str, Any] = dict(
     default_input_size=(224, 224),
     test_kwargs=_TEST_SCALE,
     test_input_size=(32, 32),
+    size_kwargs=_backbone_for_size,
 )
 
 
@@ -665,7 +682,8 @@ def salstm(in_channels: int, num_classes: int, **kwargs: Any) -> SliceContextNet
         **kwargs: ``backbone``, a registry name (or module) with the feature interface (default ``"mtunet"``, the
             release); ``backbone_kwargs``, extra options for the backbone factory; ``slab_size``, K adjacent slices
             (odd, >= 3; default 3); ``hidden_channels``, the width of the backbone output and ConvLSTM (default 64);
-            and the head options ``kernel_size``, ``attention_scale`` (default 1/88), ``step0_shortcut``.
+            ``input_size``, builds a named backbone for that slice size (MT-UNet's ``img_size``; the trainer passes
+            the run's); and the head options ``kernel_size``, ``attention_scale`` (default 1/88), ``step0_shortcut``.
     """
     return _slice_model("salstm", in_channels, num_classes, **kwargs)
 
@@ -686,7 +704,8 @@ def salstm2d(in_channels: int, num_classes: int, **kwargs: Any) -> ScaleContextN
         **kwargs: ``backbone``, a registry name (or module) with the feature interface (default ``"unet"``);
             ``backbone_kwargs``, extra options for the backbone factory; ``slab_size``, pseudo-slices K (odd, >= 3;
             the coarsest level is pooled by ``2**(K//2)``; default 3); ``hidden_channels``, the width of the backbone
-            output and ConvLSTM (default 64); ``sequence``, ``"pyramid"`` (scale space, default) or ``"repeat"``
+            output and ConvLSTM (default 64); ``input_size``, as for :func:`salstm`; ``sequence``, ``"pyramid"``
+            (scale space, default) or ``"repeat"``
             (the same map as every slice); and the head options ``kernel_size``, ``attention_scale`` (default
             1/88), ``step0_shortcut``.
     """

@@ -5,15 +5,22 @@ The study directory ``DIR``::
     DIR/study.yaml                              the study (absolute paths, folds as split names)
     DIR/runs/<label>/fold<k>_seed<s>/           a normal training run directory, plus
         study_job.json                          {"label", "model", "fold", "seed", "status": "done"|"failed",
-                                                 "error", "train_seconds", "predict_seconds", "images"}
+                                                 "error", "train_seconds", "predict_seconds" (inference),
+                                                 "evaluate_seconds" (saving + metrics), "images"}
         metrics.csv                             model,fold,seed,split,case,label,metric,value
-    DIR/results.csv                             every done job's metrics.csv rows, sorted
+        predictions/<split>/<case>.npz          the predicted label map (``labels``) on the case's grid
+        predictions/test/<case>_probabilities.npz   with several folds: the probabilities (float16)
+    DIR/ensembles/<label>/seed<s>/metrics.csv   the fold ensemble on the test split (fold ``ensemble``)
+    DIR/results.csv                             every done job's and ensemble's metrics.csv rows, sorted
     DIR/costs.json                              {label: {"params": int, "macs": float | null}}
+    DIR/summary.json, table.md, table.tex, report.html   the report (:mod:`attnseg.study.report`)
 
 Jobs are ordered entry by entry (file order), then fold, then seed; ``shard=(i, n)`` runs ``jobs[i-1::n]`` so
 several processes can share one directory. A job is done when its ``study_job.json`` says so; a re-run skips done
 jobs, resumes a run directory holding a ``last`` checkpoint and restarts one without. A failing job is recorded
-(status ``failed`` with the message) and the study goes on; :func:`run_study` returns the failed jobs.
+(status ``failed`` with the message) and the study goes on; :func:`run_study` returns the failed jobs. With
+several folds and a test split, the process that finds all folds of an (entry, seed) done averages their test
+probabilities (nnU-Net's fold ensemble) and evaluates it.
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from attnseg.errors import AttnsegError
-from attnseg.io import write_json, write_text
+from attnseg.io import atomic_write, write_json, write_text
 from attnseg.study.config import StudyConfig, StudyError, load_study, parse_study
+from attnseg.study.report import write_report
+from attnseg.study.summary import ENSEMBLE, RESULT_COLUMNS
 
 __all__ = [
     "Job",
@@ -46,10 +55,10 @@ __all__ = [
     "run_study",
 ]
 
-RESULT_COLUMNS: tuple[str, ...] = ("model", "fold", "seed", "split", "case", "label", "metric", "value")
 METRICS: tuple[str, ...] = ("dice", "iou", "hd95", "assd")
 JOB_FILE = "study_job.json"
 METRICS_FILE = "metrics.csv"
+PREDICTIONS = "predictions"
 
 
 @dataclass(frozen=True)
@@ -161,43 +170,109 @@ def _split_cases(study: StudyConfig, fold: str) -> tuple[list[str], list[str], A
     return val, test, info
 
 
+def _save_npz(path: Path, **arrays: Any) -> None:
+    import numpy as np
+
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
+
+
+def _metric_rows(summary: dict[str, Any], label: str, fold: str, seed: int, split: str) -> list[list[Any]]:
+    """``evaluate_arrays`` per-case results as ``results.csv`` rows."""
+    rows = []
+    for entry in summary["per_case"]:
+        for cls, values in entry["per_class"].items():
+            rows.extend(
+                [label, fold, seed, split, entry["case"], cls, metric, float(values[metric])]
+                for metric in METRICS
+                if metric in values
+            )
+    return rows
+
+
 def _predict_and_evaluate(study: StudyConfig, job: Job, run_dir: Path, device: str) -> tuple[list[list[Any]], int]:
-    """Predict the fold's validation (and test) cases with the ``best`` checkpoint; the metrics.csv rows."""
+    """Predict the fold's validation (and test) cases with the ``best`` checkpoint; the metrics.csv rows.
+
+    The label maps go to ``RUN/predictions/<split>/<case>.npz`` (``labels``, on the case's own grid; the report
+    draws overlays from them). With several folds, the test cases' probabilities are kept as well
+    (``<case>_probabilities.npz``, float16) for the fold ensemble.
+    """
     import numpy as np
 
     from attnseg.data.io import read_label
     from attnseg.evaluation.evaluate import evaluate_arrays
-    from attnseg.inference.predictor import PredictionInput, Predictor
+    from attnseg.inference.predictor import PredictionInput, Predictor, labels_from_probabilities
 
     val, test, info = _split_cases(study, job.fold)
     predictor = Predictor.from_run(run_dir, "best", device=device)
+    keep_test_probabilities = len(study.folds) > 1
     rows: list[list[Any]] = []
-    images = 0
+    images, seconds = 0, 0.0
     for split, ids in (("val", val), ("test", test)):
         pairs = []
         for cid in ids:
             case = info.cases[cid]
             if case.label is None:
                 continue
+            t0 = time.perf_counter()
             image, meta = predictor.read(PredictionInput(cid, list(case.images)))
             probs = predictor.predict_case(image, meta)
-            pred = probs.argmax(0).astype(np.uint8 if probs.shape[0] < 256 else np.int16)
-            if probs.shape[0] == 1:  # a binary sigmoid model: one foreground channel
-                pred = (probs[0] >= 0.5).astype(np.uint8)
+            pred = labels_from_probabilities(probs)
+            seconds += time.perf_counter() - t0
+            _save_npz(run_dir / PREDICTIONS / split / f"{cid}.npz", labels=pred)
+            if split == "test" and keep_test_probabilities:
+                half = probs.astype(np.float16)
+                _save_npz(run_dir / PREDICTIONS / split / f"{cid}_probabilities.npz", probabilities=half)
             gt, _ = read_label(case.label)
             pairs.append((cid, pred, gt, meta.spacing))
             images += 1
-        if not pairs:
-            continue
-        summary = evaluate_arrays(pairs, labels=info.labels, protocol=study.protocol)
-        for entry in summary["per_case"]:
-            for label, values in entry["per_class"].items():
-                for metric in METRICS:
-                    if metric in values:
-                        rows.append(
-                            [job.label, job.fold, job.seed, split, entry["case"], label, metric, float(values[metric])]
-                        )
-    return rows, images
+        if pairs:
+            summary = evaluate_arrays(pairs, labels=info.labels, protocol=study.protocol)
+            rows.extend(_metric_rows(summary, job.label, job.fold, job.seed, split))
+    return rows, images, seconds
+
+
+def ensemble_dir(study_dir: str | os.PathLike, label: str, seed: int) -> Path:
+    """``DIR/ensembles/<label>/seed<seed>``: the fold ensemble of one entry and seed on the test split."""
+    return Path(study_dir) / "ensembles" / label / f"seed{seed}"
+
+
+def _run_ensembles(study: StudyConfig, study_dir: Path) -> None:
+    """Evaluate each (entry, seed)'s fold ensemble on the test cases once all its folds are done.
+
+    The ensemble averages the folds' stored test probabilities (as ``attnseg predict --run R1 --run R2 ...``) and
+    writes ``metrics.csv`` rows with fold ``ensemble``. Idempotent: a finished ensemble is not redone.
+    """
+    import numpy as np
+
+    from attnseg.data.io import read_image, read_label
+    from attnseg.evaluation.evaluate import evaluate_arrays
+    from attnseg.inference.predictor import labels_from_probabilities
+
+    if len(study.folds) < 2:
+        return
+    tests = [_split_cases(study, fold)[1] for fold in study.folds]
+    _, _, info = _split_cases(study, study.folds[0])
+    cases = [c for c in tests[0] if all(c in t for t in tests) and info.cases[c].label is not None]
+    if not cases:
+        return
+    for entry in study.models:
+        for seed in study.seeds:
+            out = ensemble_dir(study_dir, entry.label, seed)
+            runs = [Job(entry.label, entry.name, f, seed).run_dir(study_dir) for f in study.folds]
+            if (out / METRICS_FILE).exists() or not all(_is_done(r) for r in runs):
+                continue
+            pairs = []
+            for cid in cases:
+                files = [r / PREDICTIONS / "test" / f"{cid}_probabilities.npz" for r in runs]
+                if not all(f.exists() for f in files):
+                    break
+                mean = sum(np.load(f)["probabilities"].astype(np.float32) for f in files) / len(files)
+                gt, _ = read_label(info.cases[cid].label)
+                _, meta = read_image(info.cases[cid].images[0])
+                pairs.append((cid, labels_from_probabilities(mean), gt, meta.spacing))
+            else:
+                summary = evaluate_arrays(pairs, labels=info.labels, protocol=study.protocol)
+                write_text(out / METRICS_FILE, _csv_text(_metric_rows(summary, entry.label, ENSEMBLE, seed, "test")))
 
 
 def _csv_text(rows: Sequence[Sequence[Any]]) -> str:
@@ -214,8 +289,11 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _run_job(study: StudyConfig, job: Job, study_dir: Path, device: str | None) -> JobResult:
-    """Train (or resume), predict and evaluate one job; record it in its run directory."""
+def _run_job(study: StudyConfig, job: Job, study_dir: Path, device: str | None, bar: Any = None) -> JobResult:
+    """Train (or resume), predict and evaluate one job; record it in its run directory.
+
+    ``bar``: the study's progress display, which then shows the job's training bar too.
+    """
     from attnseg.config import resolve_device
     from attnseg.runs import RunDir
     from attnseg.training import trainer as trainer_module
@@ -235,6 +313,7 @@ def _run_job(study: StudyConfig, job: Job, study_dir: Path, device: str | None) 
         "error": None,
         "train_seconds": None,
         "predict_seconds": None,
+        "evaluate_seconds": None,
         "images": 0,
     }
     try:
@@ -242,11 +321,12 @@ def _run_job(study: StudyConfig, job: Job, study_dir: Path, device: str | None) 
         if device is not None:
             cfg.device = device
         t0 = time.perf_counter()
-        trainer_module.train(cfg, resume=resume, progress=False)
+        trainer_module.train(cfg, resume=resume, progress=bar or False)
         record["train_seconds"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
-        rows, images = _predict_and_evaluate(study, job, run_dir, str(resolve_device(cfg.device)))
-        record["predict_seconds"] = round(time.perf_counter() - t0, 3)
+        rows, images, predict_seconds = _predict_and_evaluate(study, job, run_dir, str(resolve_device(cfg.device)))
+        record["predict_seconds"] = round(predict_seconds, 3)
+        record["evaluate_seconds"] = round(time.perf_counter() - t0 - predict_seconds, 3)
         record["images"] = images
         write_text(run_dir / METRICS_FILE, _csv_text(rows))
         record["status"] = "done"
@@ -262,11 +342,10 @@ def collect_results(study: StudyConfig, study_dir: str | os.PathLike) -> Path:
     """Rewrite ``DIR/results.csv`` from every done job's ``metrics.csv`` (sorted rows)."""
     study_dir = Path(study_dir)
     rows: list[list[str]] = []
-    for job in jobs_of(study):
-        run_dir = job.run_dir(study_dir)
-        if not _is_done(run_dir):
-            continue
-        with open(run_dir / METRICS_FILE, newline="") as fh:
+    done = [j.run_dir(study_dir) / METRICS_FILE for j in jobs_of(study) if _is_done(j.run_dir(study_dir))]
+    ensembles = [ensemble_dir(study_dir, m.label, s) / METRICS_FILE for m in study.models for s in study.seeds]
+    for path in [*done, *(p for p in ensembles if p.exists())]:
+        with open(path, newline="") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if header is None or tuple(header) != RESULT_COLUMNS:
@@ -336,28 +415,17 @@ def _progress(enabled: bool, total: int, completed: int) -> tuple[Any, Any]:
         TimeRemainingColumn,
     )
 
-    bar = Progress(
-        TextColumn("[bold]study"),
+    bar = Progress(  # the jobs, then the current job's training (added by the trainer)
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.description}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    task = bar.add_task("", total=total, completed=completed)
+    task = bar.add_task("[bold]study", total=total, completed=completed)
     bar.start()
     return bar, task
-
-
-def _write_report(study_dir: Path) -> None:
-    try:
-        from attnseg.study import report
-    except ImportError:
-        return
-    write_report = getattr(report, "write_report", None)
-    if callable(write_report):
-        write_report(study_dir)
 
 
 def run_study(
@@ -401,8 +469,8 @@ def run_study(
             if _is_done(job.run_dir(study_dir)):
                 continue
             if bar is not None:
-                bar.update(task, description=str(job))
-            result = _run_job(study, job, study_dir, device)
+                bar.update(task, description=f"[bold]study[/] {job}")
+            result = _run_job(study, job, study_dir, device, bar)
             if result.status == "failed":
                 failed.append(result)
             else:
@@ -413,7 +481,8 @@ def run_study(
     finally:
         if bar is not None:
             bar.stop()
+    _run_ensembles(study, study_dir)
     collect_results(study, study_dir)
     _update_costs(study, study_dir)
-    _write_report(study_dir)
+    write_report(study_dir)
     return failed

@@ -47,7 +47,7 @@ def _to_float(value: Any) -> float:
     return float(value)
 
 
-def _case_values(
+def case_values(
     rows: Iterable[Mapping[str, Any]], model: str, metric: str, split: str, label: str | None
 ) -> dict[CaseKey, float]:
     """``{(fold, seed, case): value}`` of one model: one label's value, or the mean over the case's labels."""
@@ -90,8 +90,8 @@ def paired_cases(
         The pairs, sorted by ``(fold, seed, case)``.
     """
     rows = list(_records(df_or_rows))
-    ours = _case_values(rows, model, metric, split, label)
-    theirs = _case_values(rows, baseline, metric, split, label)
+    ours = case_values(rows, model, metric, split, label)
+    theirs = case_values(rows, baseline, metric, split, label)
     keys = sorted(ours.keys() & theirs.keys())
     return PairedValues(
         keys,

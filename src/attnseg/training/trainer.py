@@ -94,10 +94,11 @@ class Trainer:
     Args:
         cfg: the resolved configuration.
         resume: continue the run in ``cfg.out`` from its ``last`` checkpoint.
-        progress: show a progress bar (rank 0 only).
+        progress: show a progress bar (rank 0 only); a ``rich.progress.Progress`` shows it as one more task of
+            that display (``attnseg study``: the jobs, then the current job's training).
     """
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> None:
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, progress: bool | Any = True) -> None:
         cfg.validate()
         self.cfg = cfg
         self.resume = resume
@@ -375,8 +376,8 @@ class Trainer:
         self.iteration += 1
         self._running.append(loss)
         if self._progress_bar is not None:
-            bar, task = self._progress_bar
-            bar.update(task, advance=1, description=f"loss {np.mean(self._running[-20:]):.4f}")
+            bar, task, prefix = self._progress_bar
+            bar.update(task, advance=1, description=f"{prefix}loss {np.mean(self._running[-20:]):.4f}")
         if self.iteration % self.cfg.log_every and self.iteration != self.total_iterations:
             return {}
         row = {
@@ -504,6 +505,9 @@ class Trainer:
     def _open_progress(self):
         if not (self.progress and ddp.is_main()):
             return None
+        if not isinstance(self.progress, bool):  # a display that someone else started and stops
+            task = self.progress.add_task("  train", total=self.total_iterations, completed=self.iteration)
+            return self.progress, task, "  train "
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -524,11 +528,15 @@ class Trainer:
         )
         task = bar.add_task("", total=self.total_iterations, completed=self.iteration)
         bar.start()
-        return bar, task
+        return bar, task, ""
 
     def _close(self) -> None:
         if self._progress_bar is not None:
-            self._progress_bar[0].stop()
+            bar, task, _ = self._progress_bar
+            if bar is self.progress:
+                bar.remove_task(task)
+            else:
+                bar.stop()
             self._progress_bar = None
         if self._writer is not None:
             self._writer.close()
@@ -544,7 +552,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool | Any = True) -> dict[str, Any]:
     """Validate, then train with the trainer the config names; raises ``ConfigError``/``DatasetError`` before
     writing anything on bad input."""
     trainer = get_trainer(cfg.trainer)(cfg, resume=resume, progress=progress)
