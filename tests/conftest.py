@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,12 @@ torch.set_num_threads(1)  # two xdist workers on two cores: more threads only ov
 sys.path.insert(0, str(Path(__file__).parent))  # `import synthetic`
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _attnseg_cache(tmp_path_factory):
+    """attnseg's caches (the check-data summaries) go to a temporary folder, never to the user's ~/.cache."""
+    os.environ["ATTNSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("attnseg_cache"))
 
 
 @pytest.fixture(scope="session")

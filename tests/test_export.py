@@ -43,6 +43,7 @@ def test_exported_graph_matches_pytorch_at_other_batch_and_size(ct_dataset, tmp_
     sidecar = json.loads((out.parent / "unet.onnx.json").read_text())
     assert sidecar["onnxruntime_max_abs_diff"] < 1e-4 and sidecar["input"]["size"] == [32, 32]
     assert sidecar["preprocessing"]["channel_kinds"] == ["ct"] and sidecar["preprocessing"]["ct_stats"][0]["std"] > 0
+    assert sidecar["array_conventions"]["accepted"][0] == "(X, Y, Z) in nibabel's voxel order, with affine= or spacing="
     model = Predictor.from_run(run).model
     x = torch.randn(3, 1, 48, 64)  # another batch and size than at export
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]

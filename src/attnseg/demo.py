@@ -139,23 +139,28 @@ def run_demo(
 
 
 def _organ_table(summary: dict[str, Any]) -> Any:
-    """Per-organ Dice and HD95 of the held-out scan, marking organs the scan does not contain."""
+    """Per-organ Dice and HD95 of the held-out scan; organs the scan does not contain are reported as absent (with
+    whether anything was predicted there), not as a Dice of 1 or 0 among the real scores."""
     from rich.table import Table
 
     table = Table(title="held-out scan, strict protocol")
-    for col in ("organ", "in scan", "Dice", "HD95 (mm)"):
-        table.add_column(col, justify="left" if col == "organ" else "right")
+    for col in ("organ", "in scan", "Dice", "HD95 (mm)", "note"):
+        table.add_column(col, justify="left" if col in ("organ", "note") else "right")
     counts = summary["counts"]["per_class"]
     for name, metrics in summary["per_class"].items():
-        present = counts[name]["gt_present"] > 0
+        if counts[name]["gt_present"] == 0:
+            fp = counts[name]["false_positive"]
+            table.add_row(name, "no", "–", "–", "absent; false positive" if fp else "absent; nothing predicted")
+            continue
         hd95 = metrics.get("hd95")
         table.add_row(
             name,
-            "yes" if present else "no",
+            "yes",
             f"{metrics['dice']:.3f}",
-            "-" if hd95 is None or hd95 != hd95 else f"{hd95:.1f}",
+            "–" if hd95 is None or hd95 != hd95 else f"{hd95:.1f}",
+            "missed" if counts[name]["missed"] else "",
         )
-    table.caption = "absent organs score Dice 1 only if nothing is predicted"
+    table.caption = "Dice and HD95 of the organs the scan contains; summary.json keeps the protocol's scores of all"
     return table
 
 

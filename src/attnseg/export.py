@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from attnseg.errors import AttnsegError
+from attnseg.inference.arrays import ARRAY_CONVENTIONS, accepted_forms
 from attnseg.inference.predictor import Predictor
 from attnseg.io import atomic_path, write_json
 from attnseg.models.registry import model_info
@@ -86,6 +87,8 @@ def export_onnx(
         },
         "output": {"name": "logits", "activation": "sigmoid" if plan.num_classes == 1 else "softmax"},
         "preprocessing": asdict(plan),
+        # the source arrays the preprocessing starts from, as Predictor.predict takes them (README "Python API")
+        "array_conventions": {**ARRAY_CONVENTIONS, "accepted": accepted_forms(plan)},
         "opset": opset,
         "onnxruntime_max_abs_diff": max_diff,
         "checkpoint": checkpoint,

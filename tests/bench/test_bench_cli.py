@@ -38,7 +38,7 @@ def runner() -> CliRunner:
         (["--model", "unet", "--input-size", "8", "8"], "(8, 8)"),  # the model's own size rule
         (["--model", "unet", "--kwargs", "{width: 4}"], "--kwargs must be a JSON object"),
         (["--model", "unet", "--kwargs", "[4]"], "--kwargs must be a JSON object"),
-        (["--model", "unet", "--kwargs", '{"widht": 4}'], "unexpected keyword argument 'widht'"),
+        (["--model", "unet", "--kwargs", '{"widht": 4}'], "has no option 'widht' (did you mean 'width'?)"),
         (["--model", "unet", "--device", "gpu"], "unknown device 'gpu'"),
         (["--model", "unet", "--input-size", "64x"], "expects 2 or 3"),
     ],

@@ -124,6 +124,9 @@ def test_predict_missing_run(tmp_path):
         ["convert-dataset"],
         ["convert-weights"],
         ["export"],
+        ["check-data"],
+        ["study", "run"],
+        ["study", "report"],
     ],
 )
 def test_help_is_available(cmd):
@@ -144,6 +147,9 @@ def test_help_does_not_import_heavy_libraries():
 def test_an_option_the_model_does_not_take_is_a_user_error(ct_dataset, tmp_path):
     result = _train(ct_dataset, tmp_path / "run", "--model-kwargs", '{"no_such_option": 1}')
     _assert_clean_error(result, "--model-kwargs", "no_such_option", out=tmp_path / "run")
+    assert "its options: width=32, dropout=0.0" in result.output  # the valid ones, from the signature
+    typo = _train(ct_dataset, tmp_path / "run2", "--model-kwargs", '{"widht": 8}')
+    _assert_clean_error(typo, "--model-kwargs", "'widht' (did you mean 'width'?)", out=tmp_path / "run2")
 
 
 def test_an_unexpected_exception_is_reported_as_a_bug(monkeypatch, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from attnseg.data.io import ImageMeta, ImageReadError, read_image, read_label, write_image
+from attnseg.data.io import ImageMeta, ImageReadError, meta_for_array, read_image, read_label, write_image
 
 OBLIQUE = np.array([[0.0, -0.8, 0.1, 10.0], [1.2, 0.0, 0.0, -5.0], [0.0, 0.05, 2.5, 30.0], [0, 0, 0, 1.0]])
 
@@ -108,3 +108,31 @@ def test_palette_mask_keeps_class_ids(tmp_path):
     assert np.array_equal(label, ids)
     image, meta = read_image(tmp_path / "m.png")  # as an image, the palette gives colours
     assert meta.rgb and image.shape == (3, 2, 3) and image[0, 0, 1] == 255
+
+
+def test_meta_for_array_builds_the_readers_geometry(tmp_path):
+    rgb = np.zeros((7, 9, 3), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    _, png = read_image(tmp_path / "x.png")
+    made = meta_for_array((7, 9), rgb=True)
+    assert (made.spacing, made.rgb) == (png.spacing, png.rgb) == ((1.0, 1.0), True) and made.source_format == "array"
+    assert np.array_equal(made.affine, png.affine) and png.source_format == "natural2d"
+    nib.save(nib.Nifti1Image(np.zeros((5, 6, 7), np.int16), OBLIQUE), tmp_path / "a.nii.gz")
+    _, nii = read_image(tmp_path / "a.nii.gz")
+    made = meta_for_array((5, 6, 7), affine=nib.load(tmp_path / "a.nii.gz").affine)
+    assert np.array_equal(made.affine, nii.affine) and nii.nifti_header is not None and made.nifti_header is None
+    np.testing.assert_allclose(made.spacing, nii.spacing, rtol=1e-6)  # the file's pixdim is float32
+    diagonal = meta_for_array((5, 6, 7), spacing=(0.5, 0.7, 2.0))
+    assert diagonal.spacing == (0.5, 0.7, 2.0) and np.array_equal(diagonal.affine, np.diag([0.5, 0.7, 2.0, 1.0]))
+    unit = meta_for_array((5, 6, 7))
+    assert unit.spacing == (1.0, 1.0, 1.0) and np.array_equal(unit.affine, np.eye(4))
+    for kwargs, problem in (
+        ({"affine": np.eye(3)}, r"finite 4x4 .* shape \(3, 3\)"),
+        ({"affine": np.full((4, 4), np.nan)}, "finite 4x4"),
+        ({"spacing": (1.0, 1.0)}, "spacing must be 3 positive"),
+        ({"spacing": (1.0, -1.0, 1.0)}, "spacing must be 3 positive"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            meta_for_array((5, 6, 7), **kwargs)
+    with pytest.raises(ValueError, match="images are 2D or 3D"):
+        meta_for_array((5,))

@@ -31,8 +31,10 @@ from attnseg.models.registry import (
     DeclaresUnusedParameters,
     FeatureInterfaceModel,
     SegmentationModel,
+    UnknownModelOptionError,
     ddp_safe,
     has_feature_interface,
+    model_options,
     unused_parameters,
 )
 
@@ -129,6 +131,17 @@ class TestConformance:
             for prefix, reason in declared.items():
                 assert isinstance(reason, str) and reason.strip(), f"{name}: no reason given for {prefix!r}"
                 assert any(_under(n, [prefix]) for n in names), f"{name}: {prefix!r} matches no parameter"
+
+    def test_options_are_listed_and_checked(self, name: str) -> None:
+        """Every option is known (``options_from`` for ``**kwargs`` factories), so a typo is refused by name."""
+        info = model_info(name)
+        options = model_options(name)
+        assert options is not None, f"{name}: a **kwargs factory must declare register_model(options_from=...)"
+        assert set(info.test_kwargs) <= set(options), f"{name}: test_kwargs outside {sorted(options)}"
+        if info.size_kwargs is not None:
+            assert set(info.size_kwargs(tuple(info.default_input_size))) <= set(options)
+        with pytest.raises(UnknownModelOptionError, match=r"has no option 'no_such_option'.*its options: "):
+            create_model(name, IN_CHANNELS, NUM_CLASSES, no_such_option=1, **info.test_kwargs)
 
     def test_logits_shape_finite_and_input_dependent(self, name: str) -> None:
         model = _build(name).eval()

@@ -77,7 +77,7 @@ def test_capability_flags_test_configuration_and_ddp_safe():
 def test_models_built_for_a_size_are_built_for_any_valid_size(name):
     """``sized_kwargs`` supplies the size options (img_size, n_win, input_size): no hand-written kwargs needed."""
     info = model_info(name)
-    side = 96 if name != "mdsa_unet" else 128  # a size none of them is built for by default
+    side = 128 if name.startswith("mdsa_unet") else 96  # a size none of them is built for by default
     size = (side,) * info.spatial_dims
     sized = info.size_kwargs(size)
     base = {k: v for k, v in info.test_kwargs.items() if k not in sized}

@@ -87,31 +87,87 @@ def bench(
         typer.echo(f"wrote {written}")
 
 
-def models() -> None:
-    """Table of every registered model: name, 2D/3D, paper, official repository, default input size, and whether
-    ONNX export and torch.compile work (checked for every model by the conformance tests)."""
+def models(
+    name: str | None = typer.Argument(None, help="A model name: print its passport (paper, code, sizes, options)."),
+) -> None:
+    """The registered models (a table that fits 80 columns), or one model's passport with ``attnseg models NAME``.
+
+    ONNX export and torch.compile are checked for every model by the conformance tests.
+    """
     from rich.console import Console
     from rich.table import Table
 
     from attnseg.models.registry import list_models, model_info
 
-    table = Table(title="attnseg models")
+    console = Console()
+    if name is not None:
+        console.print(_passport(name))
+        return
+    table = Table(title="attnseg models", expand=False)
     table.add_column("name", no_wrap=True)  # names are what users copy: never wrapped
     table.add_column("dims", no_wrap=True)
-    table.add_column("paper")
-    table.add_column("official repo", overflow="fold")
-    table.add_column("default input", no_wrap=True)
-    table.add_column("onnx/compile", no_wrap=True)
+    table.add_column("input", no_wrap=True)
+    table.add_column("onnx/jit", no_wrap=True)
+    table.add_column("paper", no_wrap=True, overflow="ellipsis", max_width=22)
     names = list_models()
-    for name in names:
-        info = model_info(name)
+    for n in names:
+        info = model_info(n)
         table.add_row(
-            name,
+            n,
             f"{info.spatial_dims}D",
-            info.paper or "-",
-            info.official_repo or "-",
             "x".join(str(s) for s in info.default_input_size),
             f"{'yes' if info.onnx_export else 'no'}/{'yes' if info.torch_compile else 'no'}",
+            _short_paper(info.paper),
         )
-    table.caption = f"{len(names)} models; build one with attnseg.models.create_model(name, in_channels, num_classes)"
-    Console().print(table)
+    table.caption = f"{len(names)} models; `attnseg models NAME` prints one model's passport"
+    console.print(table)
+
+
+def _short_paper(paper: str) -> str:
+    """The title part of a citation: the segment after "et al.", else the first of several words (authors are
+    single names), else the citation."""
+    parts = [p.strip() for p in paper.split(",")]
+    for i, part in enumerate(parts[:-1]):
+        if part.endswith("et al."):
+            return parts[i + 1]
+    return next((p for p in parts if " " in p), paper or "-")
+
+
+def _passport(name: str):
+    """A rich table of what the registry knows about ``name``, with its options and their defaults."""
+    import inspect
+
+    from rich.table import Table
+
+    from attnseg.models.registry import list_models, model_info, model_options
+
+    info = model_info(name)
+    table = Table(title=f"attnseg models {name}", show_header=False, expand=False)
+    table.add_column("", style="bold", no_wrap=True)
+    table.add_column("", overflow="fold")
+    module = info.factory.__module__
+    variants = [n for n in list_models() if n != name and model_info(n).factory.__module__ == module]
+    options = model_options(name)
+    listed = (
+        "not listed (the factory takes **kwargs)"
+        if options is None
+        else "\n".join(k if v is inspect.Parameter.empty else f"{k} = {v!r}" for k, v in options.items()) or "none"
+    )
+    doc = (inspect.getdoc(info.factory) or "").split("\n\n")[0]
+    rows = [
+        ("paper", info.paper or "-"),
+        ("official code", f"https://github.com/{info.official_repo}" if info.official_repo else "none released"),
+        ("module", f"{module} (its docstring is the passport: BibTeX, deviations)"),
+        ("summary", doc or "-"),
+        ("variants", ", ".join(variants) or "-"),
+        ("dims", f"{info.spatial_dims}D"),
+        ("default input", "x".join(str(s) for s in info.default_input_size)),
+        ("input divisor", str(info.input_divisor)),
+        ("built for the run's size", "yes (size_kwargs)" if info.size_kwargs else "no (takes any valid size)"),
+        ("onnx export / compile", f"{'yes' if info.onnx_export else 'no'} / {'yes' if info.torch_compile else 'no'}"),
+        ("tags", ", ".join(info.tags) or "-"),
+        ("options", listed),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from attnseg.cli.bench import bench, models
+from attnseg.cli.check_data import check_data_command
 from attnseg.cli.convert import convert_dataset
 from attnseg.cli.convert_weights import convert_weights_command
 from attnseg.cli.demo import demo_command
@@ -18,6 +19,7 @@ COMMANDS = {
     "evaluate": evaluate,
     "bench": bench,
     "models": models,
+    "check-data": check_data_command,
     "convert-dataset": convert_dataset,
     "convert-weights": convert_weights_command,
     "export": export_command,

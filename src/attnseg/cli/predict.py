@@ -30,18 +30,14 @@ def predict_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from attnseg.config import ConfigError, resolve_device
-    from attnseg.inference.predictor import Ensemble, Predictor, find_inputs
+    from attnseg.config import ConfigError
+    from attnseg.inference.predictor import find_inputs, load_run
 
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint must be best or last, got {checkpoint!r}")
     if len(set(runs)) < len(runs):
         raise ConfigError("--run: the same run directory is given twice")
-    device = resolve_device(device)
-    if len(runs) == 1:
-        predictor = Predictor.from_run(runs[0], checkpoint=checkpoint, device=device)
-    else:
-        predictor = Ensemble.from_runs(runs, checkpoint=checkpoint, device=device)
+    predictor = load_run(runs[0] if len(runs) == 1 else runs, checkpoint=checkpoint, device=device)  # the API's loader
     items = find_inputs(input, predictor.files_per_case)
     if not items:
         raise ConfigError(f"--input {input}: no images found")

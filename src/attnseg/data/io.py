@@ -25,6 +25,7 @@ from attnseg.io import atomic_write
 __all__ = [
     "ImageMeta",
     "ImageReadError",
+    "meta_for_array",
     "read_image",
     "read_label",
     "write_image",
@@ -79,6 +80,44 @@ class ImageMeta:
     @property
     def shape_hint(self) -> str:
         return "x".join(str(round(s, 3)) for s in self.spacing)
+
+
+def meta_for_array(
+    spatial_shape: tuple[int, ...],
+    *,
+    affine: np.ndarray | None = None,
+    spacing: tuple[float, ...] | None = None,
+    rgb: bool = False,
+    **fields: Any,
+) -> ImageMeta:
+    """The geometry of an array ``[C, *spatial_shape]``, built as :func:`read_image` builds it for a file.
+
+    ``affine`` is the 4x4 voxel-index -> RAS-mm matrix (as nibabel's ``img.affine``); without ``spacing`` the voxel
+    size is the length of its first ``ndim`` columns. ``spacing`` alone gives the diagonal affine (as the
+    SimpleITK reader does for 2D images). Neither: unit spacing and the identity affine (as for PNG files). Both:
+    the affine and the voxel size the file header states (NIfTI ``pixdim``), kept as given. ``fields`` are the other
+    :class:`ImageMeta` fields a reader knows (``path``, ``source_format``, ``nifti_header``).
+
+    Raises:
+        ValueError: a spatial shape other than 2D or 3D, an affine that is not a finite 4x4 matrix, a spacing of
+            the wrong length or not positive.
+    """
+    ndim = len(spatial_shape)
+    if ndim not in (2, 3):
+        raise ValueError(f"spatial shape {tuple(spatial_shape)}: images are 2D or 3D")
+    if affine is not None:
+        affine = np.array(affine, dtype=float)
+        if affine.shape != (4, 4) or not np.isfinite(affine).all():
+            raise ValueError(f"affine must be a finite 4x4 voxel -> RAS matrix, got shape {affine.shape}")
+    if spacing is not None:
+        spacing = tuple(float(s) for s in np.asarray(spacing, dtype=float).ravel())
+        if len(spacing) != ndim or not all(np.isfinite(s) and s > 0 for s in spacing):
+            raise ValueError(f"spacing must be {ndim} positive voxel sizes (one per spatial axis), got {spacing}")
+    if affine is None:
+        affine = np.diag([*(spacing or (1.0,) * ndim), *(1.0,) * (4 - ndim)])
+    if spacing is None:
+        spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :ndim], axis=0))
+    return ImageMeta(spacing=spacing, affine=affine, rgb=rgb, **{"source_format": "array", **fields})
 
 
 def image_suffix(path: str | os.PathLike) -> str:
@@ -147,8 +186,9 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
         raise ImageReadError(path, f"unsupported NIfTI dimensionality {data.ndim}")
     spatial = data.ndim - 1
     zooms = tuple(float(z) for z in img.header.get_zooms()[:spatial])
-    affine = np.asarray(img.affine, dtype=float)
-    meta = ImageMeta(spacing=zooms, affine=affine, path=str(path), source_format="nifti", nifti_header=img.header)
+    meta = meta_for_array(
+        data.shape[1:], affine=img.affine, spacing=zooms, path=str(path), source_format="nifti", nifti_header=img.header
+    )
     return data, meta
 
 
@@ -207,8 +247,7 @@ def _read_natural_2d(path: Path, label: bool = False) -> tuple[np.ndarray, Image
     else:
         arr = arr[None]
         rgb = False
-    meta = ImageMeta(spacing=(1.0, 1.0), affine=np.eye(4), path=str(path), source_format="natural2d", rgb=rgb)
-    return arr, meta
+    return arr, meta_for_array(arr.shape[1:], rgb=rgb, path=str(path), source_format="natural2d")
 
 
 def read_image(path: str | os.PathLike, *, label: bool = False) -> tuple[np.ndarray, ImageMeta]:

@@ -7,14 +7,20 @@ of several runs (nnU-Net's fold ensemble), each run with its own preprocessing, 
 ``predict_case`` maps an image in its original geometry to a label map on exactly the same grid: preprocessing
 (reorientation, resampling, normalisation) runs forward, the probabilities run backward through the inverse, and the
 mask is written with the input's affine / spacing / origin / direction. A DICOM series folder is written as NIfTI.
+
+The Python API (``attnseg.load_run``, README "Python API") is this module: :func:`load_run` is the loader the CLI
+uses, ``Predictor.predict`` takes arrays in memory (their conventions in :mod:`attnseg.inference.arrays`) and
+``Predictor.predict_files`` files; both run ``predict_case`` as ``attnseg predict`` does.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,13 +38,22 @@ from attnseg.data.io import (
 )
 from attnseg.data.preprocess import Plan, preprocess_case, restore_geometry
 from attnseg.errors import AttnsegError
+from attnseg.inference.arrays import image_from_array
 from attnseg.inference.overlay import save_overlay
 from attnseg.inference.sliding_window import predict_probabilities
 from attnseg.io import atomic_write
 from attnseg.models.registry import create_model
 from attnseg.runs import RunDir, RunError
 
-__all__ = ["Ensemble", "Predictor", "PredictionInput", "RunError", "find_inputs", "labels_from_probabilities"]
+__all__ = [
+    "Ensemble",
+    "Predictor",
+    "PredictionInput",
+    "RunError",
+    "find_inputs",
+    "labels_from_probabilities",
+    "load_run",
+]
 
 
 @dataclass
@@ -141,18 +156,112 @@ class Predictor:
                 raise ImageReadError(p, f"channel shape {arr.shape[1:]} differs from {item.paths[0].name}")
             arrays.append(arr)
             meta = meta or m
-        image = np.concatenate(arrays, 0)
+        image = self._model_channels(np.concatenate(arrays, 0), meta)
         expected = len(self.plan.channel_kinds)
         if image.shape[0] != expected:
-            if expected == 1 and image.shape[0] == 3 and meta.rgb:  # gray model, colour file
-                image = image.mean(0, keepdims=True)
-            else:
-                raise ImageReadError(
-                    item.paths[0], f"has {image.shape[0]} channel(s); the model was trained on {expected}"
-                )
+            raise ImageReadError(item.paths[0], f"has {image.shape[0]} channel(s); the model was trained on {expected}")
         if meta.ndim == 3 and not self.plan.data_is_3d:
             raise ImageReadError(item.paths[0], "is a volume but the model was trained on 2D images")
         return image, meta
+
+    def _model_channels(self, image: np.ndarray, meta: ImageMeta) -> np.ndarray:
+        """``image`` ``[C, *spatial]`` for the model: a colour image is averaged to gray for a gray model."""
+        if len(self.plan.channel_kinds) == 1 and image.shape[0] == 3 and meta.rgb:
+            return image.mean(0, keepdims=True)
+        return image
+
+    def predict(
+        self,
+        image: Any,
+        *,
+        affine: Any = None,
+        spacing: Any = None,
+        return_probabilities: bool = False,
+        tta: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Segment an array in memory; equal, voxel for voxel, to ``attnseg predict`` on the file it came from.
+
+        Accepted arrays (checked against this run's plan; README "Python API"):
+
+        - a run trained on 2D images: ``(H, W)``; ``(H, W, 3)`` RGB as PIL and imageio return it (``(H, W, 4)``:
+          alpha dropped); or ``(C, H, W)`` with ``C`` the model's channels. An RGB run reads a last axis of 3 as
+          RGB; a gray run averages RGB to gray, as it does for an RGB file;
+        - a run trained on volumes: ``(X, Y, Z)`` or ``(C, X, Y, Z)`` in nibabel's voxel order
+          (``np.asarray(nib.load(f).dataobj)``), so ``(X, Y, 3)`` is a volume of three slices.
+
+        Args:
+            affine: 4x4 voxel -> RAS+ mm matrix of the array (nibabel's ``img.affine``); volumes are reoriented and
+                resampled by it, as files are.
+            spacing: voxel size per array axis (mm), instead of ``affine``: the axes are then taken as R, A, S.
+                Neither: the identity affine (unit spacing, R, A, S axes).
+            return_probabilities: also return the class probabilities.
+            tta: average over in-plane flips (``--tta``).
+
+        Returns:
+            The label map, the input's spatial shape (``(H, W)`` for ``(H, W, 3)``), uint8 (int16 above 255
+            classes); with ``return_probabilities``, ``(labels, probabilities)``, the latter float32
+            ``[classes, *spatial]``.
+
+        Raises:
+            ValueError: the array's shape (named, with the forms this run accepts), dtype, ``affine`` or
+                ``spacing`` do not fit (both given, not 4x4, wrong length).
+        """
+        array, meta = image_from_array(image, self.plan, affine=affine, spacing=spacing)
+        probs = self.predict_case(self._model_channels(array, meta), meta, tta=tta)
+        labels = labels_from_probabilities(probs)
+        return (labels, probs.astype(np.float32, copy=False)) if return_probabilities else labels
+
+    def predict_files(
+        self,
+        paths: str | os.PathLike | Sequence[str | os.PathLike | Sequence[str | os.PathLike]],
+        *,
+        return_probabilities: bool = False,
+        tta: bool = False,
+    ) -> dict[str, Any]:
+        """Segment files as ``attnseg predict`` does, returning the label maps instead of writing them.
+
+        Each entry of ``paths`` is what ``--input`` takes (an image file, a DICOM series folder, or a folder of them,
+        multi-channel cases grouped by their ``_0000``, ``_0001`` suffixes) or a list of one case's channel files.
+
+        Returns:
+            ``{case: label map}`` in input order, ``case`` being the name ``attnseg predict`` gives the mask file
+            (``CASE_0000.nii.gz`` -> ``CASE``); with ``return_probabilities``, ``{case: (labels, probabilities)}``.
+            Label maps are on the file's grid in its voxel order, as :meth:`predict` returns them.
+
+        Raises:
+            ImageReadError: a file that cannot be read or does not fit the model (the first one stops the call), an
+                input without images, or two inputs with the same case name.
+        """
+        items: list[PredictionInput] = []
+        for entry in [paths] if isinstance(paths, str | os.PathLike) else paths:
+            if isinstance(entry, str | os.PathLike):
+                found = find_inputs(Path(entry), self.files_per_case)
+                if not found:
+                    raise ImageReadError(entry, "no images found")
+                items.extend(found)
+            else:
+                files = [Path(p) for p in entry]
+                if not files:
+                    raise ImageReadError("[]", "an empty list of channel files")
+                items.append(PredictionInput(_case_name(files[0]), files))
+        seen: set[str] = set()
+        for item in items:
+            if item.case_id in seen:
+                raise ImageReadError(item.paths[0], f"two inputs give the case name {item.case_id!r}")
+            seen.add(item.case_id)
+        results: dict[str, Any] = {}
+        for item in items:
+            _, _, probs, labels = self.predict_item(item, tta=tta)
+            results[item.case_id] = (labels, probs.astype(np.float32, copy=False)) if return_probabilities else labels
+        return results
+
+    def predict_item(
+        self, item: PredictionInput, *, tta: bool = False
+    ) -> tuple[np.ndarray, ImageMeta, np.ndarray, np.ndarray]:
+        """Read one input and predict it: ``(image, meta, probabilities, labels)``, the path of ``attnseg predict``."""
+        image, meta = self.read(item)
+        probs = self.predict_case(image, meta, tta=tta)
+        return image, meta, probs, labels_from_probabilities(probs)
 
     def predict_case(self, image: np.ndarray, meta: ImageMeta, *, tta: bool = False) -> np.ndarray:
         """Class probabilities ``[classes, *spatial]`` on the original grid of ``image`` ``[C, *spatial]``."""
@@ -186,9 +295,7 @@ class Predictor:
         for item in items:
             error: Exception | None = None
             try:
-                image, meta = self.read(item)
-                probs = self.predict_case(image, meta, tta=tta)
-                labels = labels_from_probabilities(probs)
+                image, meta, probs, labels = self.predict_item(item, tta=tta)
                 suffix = ".nii.gz" if item.is_dicom else image_suffix(item.paths[0])
                 if suffix in (".jpg", ".jpeg"):
                     suffix = ".png"  # masks must be lossless
@@ -248,6 +355,39 @@ class Ensemble(Predictor):
         for member in self.members[1:]:
             total += member.predict_case(image, meta, tta=tta)
         return total / len(self.members)
+
+
+def load_run(
+    run_dir: str | os.PathLike | Sequence[str | os.PathLike],
+    checkpoint: str = "best",
+    device: str | torch.device = "auto",
+) -> Predictor:
+    """Load a run directory for prediction, once: the loader of ``attnseg predict`` and of ``attnseg.load_run``.
+
+    Args:
+        run_dir: a run directory written by ``attnseg train`` -> :class:`Predictor`; a list of them -> an
+            :class:`Ensemble` averaging their probabilities (always an ``Ensemble``, even of one run).
+        checkpoint: ``best`` or ``last``.
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``.
+
+    Raises:
+        RunError: not a run directory, a missing checkpoint, the same run twice, runs that cannot ensemble.
+        ConfigError: a device this machine does not have.
+    """
+    from attnseg.config import resolve_device
+
+    if checkpoint not in ("best", "last"):
+        raise RunError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    resolved = resolve_device(str(device))
+    if isinstance(run_dir, str | os.PathLike):
+        return Predictor.from_run(run_dir, checkpoint=checkpoint, device=resolved)
+    runs = list(run_dir)
+    seen: set[Path] = set()
+    for run in runs:
+        if Path(run).resolve() in seen:
+            raise RunError(f"{run}: the same run directory is given twice")
+        seen.add(Path(run).resolve())
+    return Ensemble.from_runs(runs, checkpoint=checkpoint, device=resolved)
 
 
 _PREDICTOR_FIELDS = ("model", "plan", "spatial_dims", "slab", "label_names", "device", "batch_size", "num_classes")

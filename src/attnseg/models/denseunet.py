@@ -274,6 +274,7 @@ def _maps_for_size(size: tuple[int, ...]) -> dict[str, Any]:
 
 @register_model(
     "denseunet",
+    options_from=DenseUNet,
     paper=_PAPER,
     official_repo="moliqingcha/DACN",
     input_divisor=32,
@@ -290,6 +291,7 @@ def denseunet(in_channels: int, num_classes: int, **kwargs: Any) -> DenseUNet:
 
 @register_model(
     "ja_denseunet",
+    options_from=DenseUNet,
     paper=_PAPER,
     input_divisor=32,
     default_input_size=(256, 256),
@@ -302,7 +304,7 @@ def ja_denseunet(in_channels: int, num_classes: int, attention: str = "joint", *
     return DenseUNet(in_channels, num_classes, attention=attention, **kwargs)
 
 
-@register_model("denseunet_small", paper=_PAPER, input_divisor=32, default_input_size=(64, 64))
+@register_model("denseunet_small", paper=_PAPER, input_divisor=32, default_input_size=(64, 64), options_from=DenseUNet)
 def denseunet_small(in_channels: int, num_classes: int, **kwargs: Any) -> DenseUNet:
     """Small DenseUNet for CPU (``SMALL_KWARGS``, any of which may be overridden)."""
     return denseunet(in_channels, num_classes, **{**SMALL_KWARGS, **kwargs})
@@ -310,6 +312,7 @@ def denseunet_small(in_channels: int, num_classes: int, **kwargs: Any) -> DenseU
 
 @register_model(
     "ja_denseunet_small",
+    options_from=DenseUNet,
     paper=_PAPER,
     input_divisor=32,
     default_input_size=(64, 64),

@@ -582,6 +582,7 @@ def _load_official_malunet(
 
 @register_model(
     "malunet",
+    options_from=MALUNet,
     paper="Ruan et al., MALUNet, IEEE BIBM 2022 (doi:10.1109/BIBM55620.2022.9995040)",
     official_repo="JCruan519/MALUNet",
     input_divisor=32,

@@ -801,6 +801,7 @@ def _auto_grid_off_112(size: tuple[int, ...]) -> dict[str, object]:
 
 @register_model(
     "mdsa_unet",
+    options_from=MDSAUNet,
     paper=_PAPER,
     official_repo=_REPO,
     input_divisor=112,
@@ -829,12 +830,14 @@ def mdsa_unet(
 
 @register_model(
     "mdsa_unet_test",
+    options_from=MDSAUNet,
     paper=_PAPER + " (tiny test variant, the fixtures' configuration)",
     official_repo=_REPO,
     input_divisor=112,
     default_input_size=(224, 224),
     tags=("2d", "test"),
     test_input_size=(112, 112),
+    size_kwargs=_auto_grid_off_112,
 )
 def mdsa_unet_test(
     in_channels: int = 3,

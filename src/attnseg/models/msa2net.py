@@ -829,6 +829,7 @@ _PAPER = (
 
 @register_model(
     "msa2net",
+    options_from=MSA2Net,
     paper=_PAPER,
     official_repo="xmindflow/MSA-2Net",
     input_divisor=32,

@@ -509,6 +509,7 @@ def _square_img_size(size: tuple[int, ...]) -> dict[str, Any]:
 
 @register_model(
     "mtunet",
+    options_from=MTUNet,
     paper=_PAPER,
     official_repo="Dootmaan/MT-UNet",
     input_divisor=32,

@@ -566,6 +566,7 @@ _TEST_3D = {"input_size": (16, 32, 32), "base_features": 4}
 
 @register_model(
     "nnunet_plain",
+    options_from=NnUNetPlain,
     paper=_PAPER,
     official_repo="MIC-DKFZ/nnUNet",
     input_divisor=64,  # at the default 256x256: six poolings
@@ -584,6 +585,7 @@ def nnunet_plain(
 
 @register_model(
     "nnunet_plain_3d",
+    options_from=NnUNetPlain,
     spatial_dims=3,
     paper=_PAPER,
     official_repo="MIC-DKFZ/nnUNet",
@@ -603,6 +605,7 @@ def nnunet_plain_3d(
 
 @register_model(
     "nnunet_resenc",
+    options_from=NnUNetResEnc,
     paper=_PAPER_RESENC,
     official_repo="MIC-DKFZ/nnUNet",
     input_divisor=64,
@@ -621,6 +624,7 @@ def nnunet_resenc(
 
 @register_model(
     "nnunet_resenc_3d",
+    options_from=NnUNetResEnc,
     spatial_dims=3,
     paper=_PAPER_RESENC,
     official_repo="MIC-DKFZ/nnUNet",

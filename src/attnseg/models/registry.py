@@ -25,6 +25,7 @@ model is covered without editing the tests.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +43,9 @@ from attnseg.models.contract import (
 
 __all__ = [
     "sized_kwargs",
+    "model_options",
     "UnknownModelError",
+    "UnknownModelOptionError",
     "ModelInfo",
     "register_model",
     "create_model",
@@ -65,6 +68,10 @@ class UnknownModelError(AttnsegError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownModelOptionError(AttnsegError, TypeError):
+    """An option the model does not have (a ``TypeError``, as Python raises for an unexpected keyword)."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the registry knows about a model name."""
@@ -85,6 +92,8 @@ class ModelInfo:
     test_input_size: tuple[int, ...] = (224, 224)
     # options that build the model for an input size (e.g. MSA2Net's img_size); see sized_kwargs()
     size_kwargs: Callable[[tuple[int, ...]], dict[str, Any]] | None = field(default=None, hash=False)
+    # where a factory's **kwargs go (classes or functions); their named parameters are its options (model_options())
+    options_from: tuple[Callable[..., Any], ...] = field(default_factory=tuple, hash=False)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -104,6 +113,7 @@ def register_model(
     test_kwargs: dict[str, Any] | None = None,
     test_input_size: Sequence[int] | None = None,
     size_kwargs: Callable[[tuple[int, ...]], dict[str, Any]] | None = None,
+    options_from: Callable[..., Any] | Sequence[Callable[..., Any]] = (),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering ``factory(in_channels, num_classes, **kwargs)`` under ``name``.
 
@@ -128,6 +138,9 @@ def register_model(
         size_kwargs: for models built for one input size: ``size -> options`` that build the model for ``size``
             (e.g. ``{"img_size": 128}``), so training at any valid size needs no hand-written options. Defaults to
             none (the model takes any valid size as built).
+        options_from: for a factory taking ``**kwargs``: the class(es) or function(s) receiving them, whose named
+            parameters are the model's other options (:func:`model_options`). ``create_model`` then refuses an
+            unknown option by name; the conformance suite requires it of every ``**kwargs`` factory.
     """
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -150,6 +163,7 @@ def register_model(
             test_kwargs=dict(test_kwargs or {}),
             test_input_size=tuple(test_input_size) if test_input_size else size,
             size_kwargs=size_kwargs,
+            options_from=(options_from,) if callable(options_from) else tuple(options_from),
         )
         return factory
 
@@ -198,10 +212,51 @@ def create_model(name: str, in_channels: int = 3, num_classes: int = 2, **kwargs
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     info = model_info(name)
+    _check_options(name, kwargs)
     model = info.factory(in_channels, num_classes, **kwargs)
     # Remember how the model was built so checkpoints can rebuild it through the registry.
     model.attnseg_build = {"name": name, "in_channels": in_channels, "num_classes": num_classes, "kwargs": dict(kwargs)}
     return model
+
+
+_NOT_OPTIONS = frozenset({"self", "in_channels", "num_classes", "variant"})  # given by create_model / the factory
+
+
+def model_options(name: str) -> dict[str, Any] | None:
+    """The options of model ``name`` with their defaults (``inspect.Parameter.empty`` when required), in order.
+
+    The factory's named parameters after ``in_channels`` and ``num_classes``, then, for a factory taking
+    ``**kwargs``, those of its ``options_from`` targets. None when a ``**kwargs`` factory declares no target (its
+    options cannot be listed, so they are not checked).
+
+    Example:
+        >>> model_options("unet")
+        {'width': 32, 'dropout': 0.0}
+    """
+    info = model_info(name)
+    params = list(inspect.signature(info.factory).parameters.values())
+    skip = _NOT_OPTIONS | {p.name for p in params[:2]}
+    options: dict[str, Any] = {}
+    open_ended = False
+    for target in (info.factory, *info.options_from):
+        for p in inspect.signature(target).parameters.values():
+            if p.kind is p.VAR_KEYWORD:
+                open_ended = open_ended or target is info.factory
+            elif p.kind is not p.VAR_POSITIONAL and p.name not in skip:
+                options.setdefault(p.name, p.default)
+    return None if open_ended and not info.options_from else options
+
+
+def _check_options(name: str, kwargs: dict[str, Any]) -> None:
+    options = model_options(name)
+    unknown = [k for k in kwargs if options is not None and k not in options]
+    if unknown:
+        listed = ", ".join(k if v is inspect.Parameter.empty else f"{k}={v!r}" for k, v in options.items())
+        close = difflib.get_close_matches(unknown[0], list(options), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UnknownModelOptionError(
+            f"model {name!r} has no option {', '.join(map(repr, unknown))}{hint}; its options: {listed}"
+        )
 
 
 def sized_kwargs(name: str, input_size: Sequence[int], kwargs: dict[str, Any] | None = None) -> dict[str, Any]:

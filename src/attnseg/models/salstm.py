@@ -507,9 +507,9 @@ def _backbone_and_head(
     backbone: str | nn.Module,
     backbone_kwargs: Mapping[str, Any] | None,
     hidden_channels: int,
+    input_size: Sequence[int] | None,
     options: dict[str, Any],
 ) -> tuple[nn.Module, BiTransLSTMHead]:
-    input_size = options.pop("input_size", None)
     head_kw = _head_kwargs(options)
     if options:
         raise ValueError(f"unknown option(s) {sorted(options)}; pass backbone options as backbone_kwargs={{...}}")
@@ -525,11 +525,12 @@ def _slice_model(
     backbone_kwargs: Mapping[str, Any] | None = None,
     slab_size: int = 3,
     hidden_channels: int = 64,
+    input_size: Sequence[int] | None = None,
     **options: Any,
 ) -> SliceContextNet:
     """The slab model of ``variant``; the options are documented at :func:`salstm`."""
     net, head = _backbone_and_head(
-        variant, in_channels, num_classes, backbone, backbone_kwargs, hidden_channels, options
+        variant, in_channels, num_classes, backbone, backbone_kwargs, hidden_channels, input_size, options
     )
     return SliceContextNet(net, head, slab_size)
 
@@ -543,11 +544,12 @@ def _scale_model(
     slab_size: int = 3,
     hidden_channels: int = 64,
     sequence: str = "pyramid",
+    input_size: Sequence[int] | None = None,
     **options: Any,
 ) -> ScaleContextNet:
     """The 2D scale-space model of ``variant``; the options are documented at :func:`salstm2d`."""
     net, head = _backbone_and_head(
-        variant, in_channels, num_classes, backbone, backbone_kwargs, hidden_channels, options
+        variant, in_channels, num_classes, backbone, backbone_kwargs, hidden_channels, input_size, options
     )
     return ScaleContextNet(net, head, slab_size, sequence)
 
@@ -660,6 +662,7 @@ _SLICE_ENTRY: dict[str, Any] = dict(
     test_kwargs=_TEST_SLICE,
     test_input_size=(64, 64),
     size_kwargs=_backbone_for_size,
+    options_from=(_slice_model, BiTransLSTMHead),  # the head's kernel_size, attention_scale, step0_shortcut
 )
 _SCALE_ENTRY: dict[str, Any] = dict(
     paper=_PAPER + " (2D variant: reconstruction)",
@@ -669,6 +672,7 @@ _SCALE_ENTRY: dict[str, Any] = dict(
     test_kwargs=_TEST_SCALE,
     test_input_size=(32, 32),
     size_kwargs=_backbone_for_size,
+    options_from=(_scale_model, BiTransLSTMHead),
 )
 
 

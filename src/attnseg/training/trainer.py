@@ -25,12 +25,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from attnseg.config import ConfigError, TrainConfig, config_to_dict, resolve_device
+from attnseg.data.check import verify_dataset
 from attnseg.data.datasets import CaseCache, SliceSampler
 from attnseg.data.layout import DatasetInfo, load_dataset, load_splits
 from attnseg.data.preprocess import Plan, load_case, make_plan, preprocess_case
 from attnseg.inference.sliding_window import predict_probabilities
 from attnseg.metrics import confusion_counts, dice_from_counts
-from attnseg.models.registry import check_input_size, create_model, ddp_safe, model_info, sized_kwargs
+from attnseg.models.registry import (
+    UnknownModelOptionError,
+    check_input_size,
+    create_model,
+    ddp_safe,
+    model_info,
+    sized_kwargs,
+)
 from attnseg.runs import RunDir, unwrap
 from attnseg.training import distributed as ddp
 from attnseg.training.losses import build_loss
@@ -123,12 +131,8 @@ class Trainer:
             return create_model(
                 c.model, in_channels, num_classes, **sized_kwargs(c.model, c.input_size, c.model_kwargs)
             )
-        except TypeError as exc:  # an option the factory does not take
-            if "argument" not in str(exc):
-                raise
-            raise ConfigError(
-                f"{c.model_kwargs}: model {c.model!r} does not take this option ({exc})", option="model_kwargs"
-            ) from None
+        except UnknownModelOptionError as exc:  # the message lists the model's options
+            raise ConfigError(str(exc), option="model_kwargs") from None
 
     def build_loss(self, num_classes: int) -> nn.Module:
         return build_loss(self.cfg.loss, num_classes)
@@ -170,6 +174,8 @@ class Trainer:
         c = self.cfg
         if not c.out:
             raise ConfigError("the run directory is required", option="out")
+        # every problem of the dataset at once, before anything is written (attnseg.data.check; cached)
+        verify_dataset(c.data, print_warnings=ddp.is_main())
         info = load_dataset(c.data)
         self.info: DatasetInfo = info
         self.train_ids, self.val_ids = self._fold_cases(info)
