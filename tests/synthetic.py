@@ -70,3 +70,14 @@ def make_rgb_dataset(root: Path, num_train: int = 6, size=(40, 48), seed: int = 
         num_training=num_train,
     )
     return root
+
+
+def train_tiny(data: Path, out: Path, **changes) -> Path:
+    """A 4-iteration U-Net (width 4) run on ``data`` into ``out``, no augmentation; ``changes`` override."""
+    from attnseg.config import AugmentConfig, TrainConfig
+    from attnseg.training.trainer import train
+
+    base = dict(model="unet", model_kwargs={"width": 4}, iterations=4, batch_size=2, input_size=[32, 32])
+    base.update(num_workers=0, val_every=2, augment=AugmentConfig(0, 0, 0))
+    train(TrainConfig(data=str(data), out=str(out), **{**base, **changes}), progress=False)
+    return out

@@ -11,35 +11,22 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic import train_tiny
 from typer.testing import CliRunner
 
 import attnseg
 from attnseg.cli.args import join_multi_value_options
 from attnseg.cli.main import app
-from attnseg.config import AugmentConfig, TrainConfig
 from attnseg.data.io import read_image
 from attnseg.inference.arrays import image_from_array
 from attnseg.inference.predictor import Ensemble, Predictor
 from attnseg.runs import RunDir, RunError
-from attnseg.training.trainer import train
 
 runner = CliRunner()
 
 
 def _train(data, out, **kwargs):
-    cfg = TrainConfig(
-        model="unet",
-        model_kwargs={"width": 4},
-        data=str(data),
-        out=str(out),
-        batch_size=2,
-        input_size=[32, 32],
-        num_workers=0,
-        augment=AugmentConfig(0, 0, 0),
-        **{"iterations": 2, "val_every": 2, **kwargs},
-    )
-    train(cfg, progress=False)
-    return out
+    return train_tiny(data, out, **{"iterations": 2, **kwargs})
 
 
 @pytest.fixture(scope="module")

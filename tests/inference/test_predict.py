@@ -9,33 +9,18 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from PIL import Image
+from synthetic import train_tiny
 from typer.testing import CliRunner
 
 from attnseg.cli.args import join_multi_value_options
 from attnseg.cli.main import app
-from attnseg.config import AugmentConfig, TrainConfig
-from attnseg.training.trainer import train
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def ct_run(ct_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "ct"
-    cfg = TrainConfig(
-        model="unet",
-        model_kwargs={"width": 4},
-        data=str(ct_dataset),
-        out=str(out),
-        iterations=4,
-        batch_size=2,
-        input_size=[32, 32],
-        num_workers=0,
-        val_every=2,
-        augment=AugmentConfig(0, 0, 0),
-    )
-    train(cfg, progress=False)
-    return out
+    return train_tiny(ct_dataset, tmp_path_factory.mktemp("run") / "ct")
 
 
 def _predict(run, inp, out, *extra):
@@ -117,22 +102,7 @@ def test_folder_continues_past_bad_files(ct_run, ct_dataset, tmp_path):
 
 
 def test_png_model_round_trip(rgb_dataset, tmp_path):
-    out = tmp_path / "run"
-    cfg = TrainConfig(
-        model="unet",
-        model_kwargs={"width": 4},
-        data=str(rgb_dataset),
-        out=str(out),
-        iterations=3,
-        batch_size=2,
-        input_size=[32, 32],
-        geometry="resize",
-        loss="bce_dice",
-        num_workers=0,
-        val_every=3,
-        augment=AugmentConfig(0, 0, 0),
-    )
-    train(cfg, progress=False)
+    out = train_tiny(rgb_dataset, tmp_path / "run", iterations=3, val_every=3, geometry="resize", loss="bce_dice")
     img = rgb_dataset / "imagesTr" / "img000_0000.png"
     assert _predict(out, img, tmp_path / "pred", "--tta").exit_code == 0
     mask = np.asarray(Image.open(tmp_path / "pred" / "img000.png"))
@@ -152,22 +122,7 @@ def test_rgb_folder_files_are_cases_not_channels(tmp_path):
 @pytest.fixture(scope="module")
 def second_ct_run(ct_dataset, tmp_path_factory):
     """Another CT run (other seed and input size): an ensemble member with its own plan."""
-    out = tmp_path_factory.mktemp("run") / "ct2"
-    cfg = TrainConfig(
-        model="unet",
-        model_kwargs={"width": 4},
-        data=str(ct_dataset),
-        out=str(out),
-        iterations=4,
-        batch_size=2,
-        input_size=[48, 48],
-        seed=1,
-        num_workers=0,
-        val_every=2,
-        augment=AugmentConfig(0, 0, 0),
-    )
-    train(cfg, progress=False)
-    return out
+    return train_tiny(ct_dataset, tmp_path_factory.mktemp("run") / "ct2", input_size=[48, 48], seed=1)
 
 
 def test_an_ensemble_averages_the_runs_probabilities(ct_run, second_ct_run, ct_dataset, tmp_path):
@@ -188,19 +143,7 @@ def test_an_ensemble_averages_the_runs_probabilities(ct_run, second_ct_run, ct_d
 
 
 def test_an_ensemble_of_incompatible_runs_is_refused(ct_run, rgb_dataset, tmp_path):
-    rgb_run = tmp_path / "rgb"
-    cfg = TrainConfig(
-        model="unet",
-        model_kwargs={"width": 4},
-        data=str(rgb_dataset),
-        out=str(rgb_run),
-        iterations=1,
-        batch_size=2,
-        input_size=[32, 32],
-        num_workers=0,
-        val_every=0,
-    )
-    train(cfg, progress=False)
+    rgb_run = train_tiny(rgb_dataset, tmp_path / "rgb", iterations=1, val_every=0)
     image = rgb_dataset / "imagesTr" / "img000_0000.png"
     result = _predict(ct_run, image, tmp_path / "out", "--run", str(rgb_run))
     assert result.exit_code == 2
