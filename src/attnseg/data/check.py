@@ -401,7 +401,7 @@ def _int_id(value: Any) -> int | None:
 
 
 @dataclass
-class _Spec:
+class _Declared:
     """What ``dataset.json`` declares, as far as it could be parsed (None: unusable)."""
 
     raw: dict[str, Any]
@@ -416,7 +416,7 @@ class _Spec:
         return DatasetInfo(root, root.name, self.channel_names, labels, self.file_ending or "", raw=self.raw)
 
 
-def _parse_dataset_json(root: Path, add: Callable[..., None]) -> _Spec | None:
+def _parse_dataset_json(root: Path, add: Callable[..., None]) -> _Declared | None:
     path = root / "dataset.json"
     if not path.is_file():
         add("error", None, "dataset.json", "missing; a dataset folder needs dataset.json (nnU-Net v2 raw layout)")
@@ -432,7 +432,7 @@ def _parse_dataset_json(root: Path, add: Callable[..., None]) -> _Spec | None:
     if not isinstance(raw, dict):
         add("error", None, "dataset.json", f"must be a JSON object, found a {type(raw).__name__}")
         return None
-    spec = _Spec(raw)
+    declared = _Declared(raw)
     for key in ("channel_names", "labels", "file_ending"):
         if key not in raw:
             add("error", None, "dataset.json", f"missing required key {key!r}")
@@ -442,7 +442,7 @@ def _parse_dataset_json(root: Path, add: Callable[..., None]) -> _Spec | None:
         if not isinstance(ending, str) or not ending.startswith(".") or len(ending) < 2:
             add("error", None, "dataset.json", f"file_ending must be an extension such as '.nii.gz', got {ending!r}")
         else:
-            spec.file_ending = ending
+            declared.file_ending = ending
 
     names = raw.get("channel_names")
     if "channel_names" in raw:
@@ -452,7 +452,7 @@ def _parse_dataset_json(root: Path, add: Callable[..., None]) -> _Spec | None:
         elif any(v is None for v in ids.values()) or sorted(ids.values()) != list(range(len(names))):
             add("error", None, "dataset.json", f"channel_names keys must be 0..N-1, got {sorted(names, key=str)}")
         else:
-            spec.channel_names = {ids[k]: str(v) for k, v in names.items()}
+            declared.channel_names = {ids[k]: str(v) for k, v in names.items()}
 
     labels = raw.get("labels")
     if "labels" in raw:
@@ -477,8 +477,8 @@ def _parse_dataset_json(root: Path, add: Callable[..., None]) -> _Spec | None:
                 names_ = sorted(k for k, v in parsed.items() if v == value)
                 add("error", None, "dataset.json", f"labels {names_} share the id {value}")
             if len(parsed) == len(labels) and parsed.get("background") == 0 and not shared:
-                spec.labels = parsed
-    return spec
+                declared.labels = parsed
+    return declared
 
 
 # ------------------------------------------------------------------------------------------------------- layout
@@ -490,9 +490,9 @@ class _Case:
     label: Path | None = None
 
 
-def _index(root: Path, spec: _Spec, n_files: int | None, add: Callable[..., None]) -> dict[str, _Case]:
+def _index(root: Path, declared: _Declared, n_files: int | None, add: Callable[..., None]) -> dict[str, _Case]:
     """The cases of ``imagesTr``/``imagesTs`` with their labels, reporting naming, pairing and channel problems."""
-    ending = spec.file_ending
+    ending = declared.file_ending
     assert ending is not None
     cases: dict[str, _Case] = {}
     unmatched: dict[str, list[Path]] = {}  # folder -> its files, when file_ending matches none of them
@@ -545,7 +545,7 @@ def _index(root: Path, spec: _Spec, n_files: int | None, add: Callable[..., None
             for ch in range(n_files):
                 if ch not in case.images:
                     expected = img_dir / f"{case_id}_{ch:04d}{ending}"
-                    names = ", ".join(f"{k}: {v}" for k, v in sorted(spec.channel_names.items()))
+                    names = ", ".join(f"{k}: {v}" for k, v in sorted(declared.channel_names.items()))
                     add("error", case_id, _rel(root, expected), f"missing channel file (dataset.json declares {names})")
             for ch in sorted(set(case.images) - set(range(n_files))):
                 add(
@@ -578,10 +578,10 @@ def _rel(root: Path, path: Path) -> str:
 
 
 # -------------------------------------------------------------------------------------------- per-case checks
-def _what(role: str, channel: int, spec: _Spec) -> str:
+def _what(role: str, channel: int, declared: _Declared) -> str:
     if role == "label":
         return "label"
-    name = (spec.channel_names or {}).get(channel)
+    name = (declared.channel_names or {}).get(channel)
     return f"channel {channel} ({name})" if name else f"channel {channel}"
 
 
@@ -637,7 +637,7 @@ def _case_findings(
     root: Path,
     case: _Case,
     summaries: dict[Path, dict],
-    spec: _Spec,
+    declared: _Declared,
     info: DatasetInfo | None,
     tol: Tolerances,
     add: Callable[..., None],
@@ -679,11 +679,11 @@ def _case_findings(
     images = [r for r in readable if r[1] == "image"]
     if images:
         ref_path, _, ref_ch, ref = images[0]
-        ref_what = "image" if len(case.images) == 1 else _what("image", ref_ch, spec)
+        ref_what = "image" if len(case.images) == 1 else _what("image", ref_ch, declared)
         for path, role, ch, s in readable:
             if path == ref_path:
                 continue
-            for problem in _compare(ref, s, ref_what, _what(role, ch, spec), tol):
+            for problem in _compare(ref, s, ref_what, _what(role, ch, declared), tol):
                 add("error", cid, _rel(root, path), problem)
     # voxels
     for path, role, _ch, s in readable:
@@ -692,15 +692,15 @@ def _case_findings(
             add("error", cid, rel, f"image holds {s['nan']} NaN and {s['inf']} infinite voxel(s)")
         if role == "label" and "values" in s:
             values = s["values"]
-            if spec.labels is not None:
-                unknown = sorted(set(values) - set(spec.labels.values()))
+            if declared.labels is not None:
+                unknown = sorted(set(values) - set(declared.labels.values()))
                 if unknown:
                     add(
                         "error",
                         cid,
                         rel,
                         f"label values {unknown} are not in dataset.json labels "
-                        f"({', '.join(f'{k}: {v}' for k, v in sorted(spec.labels.items(), key=lambda kv: kv[1]))})",
+                        f"({', '.join(f'{k}: {v}' for k, v in sorted(declared.labels.items(), key=lambda kv: kv[1]))})",
                     )
             if values and set(values) <= {0}:
                 add("warning", cid, rel, "empty label: every voxel is background (0)")
@@ -873,12 +873,12 @@ def check_dataset(
     if not root.is_dir():
         add("error", None, ".", f"dataset folder {root} not found")
         return report()
-    spec = _parse_dataset_json(root, add)
-    if spec is None or spec.file_ending is None:
+    declared = _parse_dataset_json(root, add)
+    if declared is None or declared.file_ending is None:
         return report()
-    info = spec.info(root)
+    info = declared.info(root)
     n_files = info.num_channel_files if info is not None else None
-    cases = _index(root, spec, n_files, add)
+    cases = _index(root, declared, n_files, add)
 
     jobs = [(p, "image") for c in cases.values() for p in c.images.values()]
     jobs += [(c.label, "label") for c in cases.values() if c.label is not None]
@@ -886,12 +886,12 @@ def check_dataset(
 
     ordered = sorted(cases.values(), key=lambda c: (c.subset != "Tr", c.case_id))
     for case in ordered:
-        _case_findings(root, case, summaries, spec, info, tol, add)
+        _case_findings(root, case, summaries, declared, info, tol, add)
     train = [c for c in ordered if c.subset == "Tr"]
     if info is not None:
         _intensity_findings(root, ordered, summaries, info, add)
     _geometry_findings(train, summaries, add)
-    num_training = spec.raw.get("numTraining")
+    num_training = declared.raw.get("numTraining")
     if num_training is not None and train and _int_id(num_training) != len(train):
         add("warning", None, "dataset.json", f"numTraining is {num_training!r}, but imagesTr holds {len(train)} cases")
     _splits_findings(root, set(cases), add)
