@@ -244,7 +244,7 @@ def _run_ensembles(study: StudyConfig, study_dir: Path) -> None:
     """
     import numpy as np
 
-    from attnseg.data.io import read_image, read_label
+    from attnseg.data.io import read_label
     from attnseg.evaluation.evaluate import evaluate_arrays
     from attnseg.inference.predictor import labels_from_probabilities
 
@@ -267,8 +267,7 @@ def _run_ensembles(study: StudyConfig, study_dir: Path) -> None:
                 if not all(f.exists() for f in files):
                     break
                 mean = sum(np.load(f)["probabilities"].astype(np.float32) for f in files) / len(files)
-                gt, _ = read_label(info.cases[cid].label)
-                _, meta = read_image(info.cases[cid].images[0])
+                gt, meta = read_label(info.cases[cid].label)  # the label's grid is the image's (checked by train)
                 pairs.append((cid, labels_from_probabilities(mean), gt, meta.spacing))
             else:
                 summary = evaluate_arrays(pairs, labels=info.labels, protocol=study.protocol)
