@@ -29,6 +29,7 @@ def _fake_run(path):
         "train_summary.json",
         "checkpoints/best.safetensors",
         "tensorboard/x",
+        "validation/case1.npz",
     ],
 )
 def test_reserved_files_cannot_be_overwritten(tmp_path, name):
@@ -95,3 +96,26 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_validation_predictions_belong_to_the_best_checkpoint_only(tmp_path):
+    import numpy as np
+
+    run = RunDir(_fake_run(tmp_path / "run"))
+    model = nn.Conv2d(1, 2, 1)
+    first, second = np.arange(6, dtype=np.uint8).reshape(2, 3), np.ones((2, 3), np.uint8)
+    run.stage_validation("case1", first, 10)
+    run.settle_validation(["case1"], best=True)  # a new best at iteration 10 ...
+    run.save_checkpoint("best", model, {}, {"iteration": "10"})
+    np.testing.assert_array_equal(run.validation_prediction("case1"), first)
+    run.stage_validation("case1", second, 20)
+    run.settle_validation(["case1"], best=False)  # ... not beaten at 20: the kept map stays the first
+    np.testing.assert_array_equal(run.validation_prediction("case1"), first)
+    assert not (tmp_path / "run" / "validation" / ".pending" / "case1.npz").exists()
+    run.stage_validation("case1", second, 30)
+    run.settle_validation(["case1"], best=True)  # killed before the best checkpoint of 30 was written:
+    assert run.validation_prediction("case1") is None  # the map of 30 is not taken for the checkpoint of 10
+    run.save_checkpoint("best", model, {}, {"iteration": "30"})
+    np.testing.assert_array_equal(run.validation_prediction("case1"), second)
+    assert run.validation_prediction("never_validated") is None
+    assert run.checkpoint_iteration("best") == 30

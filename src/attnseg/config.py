@@ -85,6 +85,7 @@ class TrainConfig:
     warmup_iterations: int = 0
     loss: Loss = "dice_ce"  # --loss
     val_every: int = 0  # --val-every (iterations; 0 = once per epoch)
+    save_val_predictions: bool = False  # --save-val-predictions: RUN/validation/<case>.npz of the best checkpoint
     seed: int = 42  # --seed
     device: str = "auto"  # --device: auto | cpu | cuda | cuda:N | mps
     amp: Literal["none", "bf16", "fp16"] = "none"  # --amp

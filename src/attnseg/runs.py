@@ -12,6 +12,9 @@
     RUN/checkpoints/NAME.safetensors  weights (``best`` on validation, ``last``), unwrapped from DDP / compile
     RUN/checkpoints/NAME_state.pt     training state: iteration, optimiser, scheduler, grad scaler, RNG, world size;
                                       loadable with ``torch.load(weights_only=True)``
+    RUN/validation/CASE.npz         with ``--save-val-predictions``: the ``best`` checkpoint's label map of each
+                                    validation case on the case's own grid (``labels``) and the ``iteration`` that made
+                                    it, as nnU-Net keeps its fold's validation predictions
 
 Training, inference, export and evaluation go through :class:`RunDir`; no other module spells these names. The
 names above are reserved: :func:`refuse_reserved` stops any other command (export, evaluate, bench) from writing over
@@ -32,6 +35,7 @@ from attnseg.errors import AttnsegError
 from attnseg.io import atomic_write, write_json, write_text
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
     from attnseg.data.preprocess import Plan
@@ -46,9 +50,10 @@ CONFIG, PLAN, MODEL, SPLIT, LOG, SUMMARY = (
     "log.csv",
     ("train_summary.json"),
 )
-TENSORBOARD, CHECKPOINT_DIR = "tensorboard", "checkpoints"
+TENSORBOARD, CHECKPOINT_DIR, VALIDATION = "tensorboard", "checkpoints", "validation"
+PENDING = ".pending"  # validation/.pending/: the latest validation's label maps, until it proves best or not
 RESERVED_FILES = (CONFIG, PLAN, MODEL, SPLIT, LOG, SUMMARY)
-RESERVED_DIRS = (TENSORBOARD, CHECKPOINT_DIR)
+RESERVED_DIRS = (TENSORBOARD, CHECKPOINT_DIR, VALIDATION)
 CHECKPOINTS = ("best", "last")
 
 
@@ -184,7 +189,51 @@ class RunDir:
         """Columns of ``log.csv``: ``iteration`` first, then the others sorted."""
         return sorted({k for row in history for k in row}, key=lambda k: (k != "iteration", k))
 
+    def stage_validation(self, case: str, labels: np.ndarray, iteration: int) -> None:
+        """Keep the label map the model of ``iteration`` predicts for validation case ``case`` (on the case's grid)
+        until :meth:`settle_validation` knows whether that model is the new ``best``."""
+        import numpy as np
+
+        path = self.path / VALIDATION / PENDING / f"{case}.npz"
+        atomic_write(path, lambda tmp: np.savez_compressed(tmp, labels=labels, iteration=np.int64(iteration)))
+
+    def settle_validation(self, cases: Sequence[str], *, best: bool) -> None:
+        """Make the staged label maps of ``cases`` the ``best`` checkpoint's validation predictions, or drop them.
+
+        Each file carries the iteration that made it, and :meth:`validation_prediction` accepts a file only when
+        that iteration is the ``best`` checkpoint's, so a process killed anywhere between the two steps never
+        leaves a prediction that a later reader would take for the checkpoint's.
+        """
+        pending = self.path / VALIDATION / PENDING
+        for case in cases:
+            staged = pending / f"{case}.npz"
+            if best and staged.exists():
+                os.replace(staged, self.path / VALIDATION / f"{case}.npz")
+            else:
+                staged.unlink(missing_ok=True)
+
     # ------------------------------------------------------------------------------------------------------ read
+    def checkpoint_iteration(self, name: str) -> int:
+        """The training iteration checkpoint ``name`` was written at (from its weights' metadata, no tensor read)."""
+        from safetensors import safe_open
+
+        path = self.require_checkpoint(name)
+        with safe_open(str(path), framework="pt") as fh:
+            return int((fh.metadata() or {}).get("iteration", -1))
+
+    def validation_prediction(self, case: str, checkpoint: str = "best") -> np.ndarray | None:
+        """The label map checkpoint ``checkpoint`` predicted for validation case ``case`` during training, or
+        ``None`` when the run did not keep one (no ``--save-val-predictions``) or kept one of another iteration."""
+        import numpy as np
+
+        path = self.path / VALIDATION / f"{case}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as doc:
+            if int(doc["iteration"]) != self.checkpoint_iteration(checkpoint):
+                return None
+            return doc["labels"]
+
     def read_model(self) -> dict[str, Any]:
         """``model.json``: ``name``, ``in_channels``, ``num_classes``, ``kwargs``, ``slab_size``, ``spatial_dims``,
         ``label_names``; raises :class:`RunError` naming the file when it is missing or broken."""

@@ -77,7 +77,7 @@ def test_a_study_runs_end_to_end(reference, rgb_dataset):
     for job in jobs_of(study):
         record = json.loads((job.run_dir(out) / "study_job.json").read_text())
         assert record["status"] == "done" and record["error"] is None
-        assert record["images"] == len(splits[job.fold]["val"])
+        assert record["images"] == 0  # every validation map came from training (see the next test)
         assert record["train_seconds"] >= 0 and record["predict_seconds"] >= 0
         assert (job.run_dir(out) / "checkpoints" / "best.safetensors").exists()
     costs = json.loads((out / "costs.json").read_text())
@@ -85,6 +85,31 @@ def test_a_study_runs_end_to_end(reference, rgb_dataset):
     assert all(isinstance(c["params"], int) and c["params"] > 0 for c in costs.values())
     stored = yaml.safe_load((out / "study.yaml").read_text())
     assert stored["dataset"] == str(rgb_dataset.resolve()) and stored["folds"] == ["fold0", "fold1"]
+
+
+def _assert_kept_validation_maps_are_fresh_predictions(study_path: Path, out: Path, dataset: Path) -> None:
+    """The validation label maps a study takes from training equal predicting the case with ``best``, bit for bit."""
+    import numpy as np
+
+    from attnseg.data.layout import load_dataset
+    from attnseg.inference.predictor import PredictionInput, Predictor, labels_from_probabilities
+    from attnseg.runs import RunDir
+
+    splits = json.loads((dataset / "splits.json").read_text())
+    info = load_dataset(dataset)
+    for job in jobs_of(load_study(study_path)):
+        run = job.run_dir(out)
+        predictor = Predictor.from_run(run, "best", device="cpu")
+        for cid in splits[job.fold]["val"]:
+            kept = RunDir(run).validation_prediction(cid)
+            assert kept is not None, f"{run}: no validation map of {cid}"
+            np.testing.assert_array_equal(np.load(run / "predictions" / "val" / f"{cid}.npz")["labels"], kept)
+            image, meta = predictor.read(PredictionInput(cid, list(info.cases[cid].images)))
+            np.testing.assert_array_equal(kept, labels_from_probabilities(predictor.predict_case(image, meta)))
+
+
+def test_validation_maps_come_from_training_and_equal_a_fresh_prediction(reference, rgb_dataset):
+    _assert_kept_validation_maps_are_fresh_predictions(*reference, rgb_dataset)
 
 
 def test_a_rerun_skips_done_jobs(reference, monkeypatch):
@@ -272,6 +297,7 @@ def test_a_3d_dataset_with_a_test_split_gets_test_rows(ct_dataset, tmp_path):
     }
     assert {r["label"] for r in rows} == {"organ_a", "organ_b"}
     assert {r["metric"] for r in rows} == {"dice", "iou"}  # what the nnunet protocol provides
+    _assert_kept_validation_maps_are_fresh_predictions(path, out, ct_dataset)  # 3D, resampled to the plan
 
 
 def test_a_study_with_folds_and_a_test_split_evaluates_the_fold_ensemble(ct_dataset, tmp_path):

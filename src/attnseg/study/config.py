@@ -128,7 +128,15 @@ class StudyConfig:
         kwargs = dict(cfg.model_kwargs) if cfg.model == entry.name else {}
         kwargs.update(entry.model_kwargs)
         cfg = merge_config(
-            cfg, {"model": entry.name, "model_kwargs": kwargs, "data": self.dataset, "out": str(out), "fold": fold}
+            cfg,
+            {
+                "model": entry.name,
+                "model_kwargs": kwargs,
+                "data": self.dataset,
+                "out": str(out),
+                "fold": fold,
+                "save_val_predictions": True,  # the runner scores the validation split from them
+            },
         )
         cfg.seed = int(seed)
         try:

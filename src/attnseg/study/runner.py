@@ -6,7 +6,8 @@ The study directory ``DIR``::
     DIR/runs/<label>/fold<k>_seed<s>/           a normal training run directory, plus
         study_job.json                          {"label", "model", "fold", "seed", "status": "done"|"failed",
                                                  "error", "train_seconds", "predict_seconds" (inference),
-                                                 "evaluate_seconds" (saving + metrics), "images"}
+                                                 "evaluate_seconds" (saving + metrics), "images" (predicted
+                                                 here; validation cases come from training's RUN/validation/)}
         metrics.csv                             model,fold,seed,split,case,label,metric,value
         predictions/<split>/<case>.npz          the predicted label map (``labels``) on the case's grid
         predictions/test/<case>_probabilities.npz   with several folds: the probabilities (float16)
@@ -39,6 +40,7 @@ from typing import Any
 
 from attnseg.errors import AttnsegError
 from attnseg.io import atomic_write, write_json, write_text
+from attnseg.runs import RunDir
 from attnseg.study.config import StudyConfig, StudyError, load_study, parse_study
 from attnseg.study.report import write_report
 from attnseg.study.summary import ENSEMBLE, RESULT_COLUMNS
@@ -192,8 +194,10 @@ def _metric_rows(summary: dict[str, Any], label: str, fold: str, seed: int, spli
 def _predict_and_evaluate(study: StudyConfig, job: Job, run_dir: Path, device: str) -> tuple[list[list[Any]], int]:
     """Predict the fold's validation (and test) cases with the ``best`` checkpoint; the metrics.csv rows.
 
-    The label maps go to ``RUN/predictions/<split>/<case>.npz`` (``labels``, on the case's own grid; the report
-    draws overlays from them). With several folds, the test cases' probabilities are kept as well
+    A validation case's label map is the one training's validation kept for the ``best`` checkpoint
+    (``RUN/validation/``), equal to predicting it again; a case without one (a run from before these were kept) is
+    predicted. The label maps go to ``RUN/predictions/<split>/<case>.npz`` (``labels``, on the case's own grid;
+    the report draws overlays from them). With several folds, the test cases' probabilities are kept as well
     (``<case>_probabilities.npz``, float16) for the fold ensemble.
     """
     import numpy as np
@@ -204,6 +208,7 @@ def _predict_and_evaluate(study: StudyConfig, job: Job, run_dir: Path, device: s
 
     val, test, info = _split_cases(study, job.fold)
     predictor = Predictor.from_run(run_dir, "best", device=device)
+    run = RunDir(run_dir)
     keep_test_probabilities = len(study.folds) > 1
     rows: list[list[Any]] = []
     images, seconds = 0, 0.0
@@ -213,18 +218,20 @@ def _predict_and_evaluate(study: StudyConfig, job: Job, run_dir: Path, device: s
             case = info.cases[cid]
             if case.label is None:
                 continue
-            t0 = time.perf_counter()
-            image, meta = predictor.read(PredictionInput(cid, list(case.images)))
-            probs = predictor.predict_case(image, meta)
-            pred = labels_from_probabilities(probs)
-            seconds += time.perf_counter() - t0
+            pred = run.validation_prediction(cid) if split == "val" else None
+            if pred is None:
+                t0 = time.perf_counter()
+                image, meta = predictor.read(PredictionInput(cid, list(case.images)))
+                probs = predictor.predict_case(image, meta)
+                pred = labels_from_probabilities(probs)
+                seconds += time.perf_counter() - t0
+                images += 1  # predicted here (the inference time per image divides by these)
+                if split == "test" and keep_test_probabilities:
+                    half = probs.astype(np.float16)
+                    _save_npz(run_dir / PREDICTIONS / split / f"{cid}_probabilities.npz", probabilities=half)
             _save_npz(run_dir / PREDICTIONS / split / f"{cid}.npz", labels=pred)
-            if split == "test" and keep_test_probabilities:
-                half = probs.astype(np.float16)
-                _save_npz(run_dir / PREDICTIONS / split / f"{cid}_probabilities.npz", probabilities=half)
-            gt, _ = read_label(case.label)
+            gt, meta = read_label(case.label)  # the label's grid is the image's (checked by train)
             pairs.append((cid, pred, gt, meta.spacing))
-            images += 1
         if pairs:
             summary = evaluate_arrays(pairs, labels=info.labels, protocol=study.protocol)
             rows.extend(_metric_rows(summary, job.label, job.fold, job.seed, split))
@@ -294,7 +301,6 @@ def _run_job(study: StudyConfig, job: Job, study_dir: Path, device: str | None, 
     ``bar``: the study's progress display, which then shows the job's training bar too.
     """
     from attnseg.config import resolve_device
-    from attnseg.runs import RunDir
     from attnseg.training import trainer as trainer_module
 
     run_dir = job.run_dir(study_dir)
@@ -364,7 +370,6 @@ def _label_costs(study: StudyConfig, job: Job, study_dir: Path) -> dict[str, Any
 
     from attnseg.bench.complexity import count_parameters, fvcore_macs
     from attnseg.models.registry import create_model
-    from attnseg.runs import RunDir
 
     build = RunDir(job.run_dir(study_dir)).read_model()
     model = create_model(build["name"], build["in_channels"], build["num_classes"], **build.get("kwargs", {}))

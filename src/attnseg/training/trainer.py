@@ -28,7 +28,8 @@ from attnseg.config import ConfigError, TrainConfig, config_to_dict, resolve_dev
 from attnseg.data.check import verify_dataset
 from attnseg.data.datasets import CaseCache, SliceSampler
 from attnseg.data.layout import DatasetInfo, load_dataset, load_splits
-from attnseg.data.preprocess import Plan, load_case, make_plan, preprocess_case
+from attnseg.data.preprocess import Plan, load_case, make_plan, preprocess_case, restore_geometry
+from attnseg.inference.predictor import labels_from_probabilities
 from attnseg.inference.sliding_window import predict_probabilities
 from attnseg.metrics import confusion_counts, dice_from_counts
 from attnseg.models.registry import (
@@ -397,7 +398,10 @@ class Trainer:
     def on_validation(self) -> dict[str, Any]:
         """Validate, keep the ``best`` checkpoint; returns the log entries."""
         self.last_validation = self.validate()
-        if self.last_validation["mean"] > self.best_metric:
+        best = self.last_validation["mean"] > self.best_metric
+        if self.cfg.save_val_predictions:
+            self.run_dir.settle_validation([c.case_id for c in self._my_val_cases()], best=best)
+        if best:
             self.best_metric = self.last_validation["mean"]
             self.on_checkpoint("best")
         return {f"val_dice/{k}": v for k, v in self.last_validation.items()}
@@ -427,9 +431,8 @@ class Trainer:
         """Per-class Dice on the validation cases (sharded over ranks, gathered), on the preprocessed grid."""
         model = unwrap(self.model)
         labels = [v for v in self.info.label_values if v != 0]
-        mine = self.val_cases[ddp.rank() :: ddp.world_size()]
         results = []
-        for case in mine:
+        for case in self._my_val_cases():
             probs = predict_probabilities(
                 model,
                 case.image,
@@ -440,12 +443,19 @@ class Trainer:
                 device=self.device,
             )
             results.append(dice_per_class(probs.argmax(0), case.label, labels))
+            if self.cfg.save_val_predictions:  # on the case's own grid, as `attnseg predict` writes it
+                on_grid = labels_from_probabilities(restore_geometry(probs, case.geometry, is_label=False))
+                self.run_dir.stage_validation(case.case_id, on_grid, self.iteration)
         model.train()
         gathered = [r for part in ddp.gather_objects(results) for r in part]
         names = self.info.label_names
         per_class = {names[k]: float(np.mean([r[k] for r in gathered])) for k in labels}
         per_class["mean"] = float(np.mean(list(per_class.values())))
         return per_class
+
+    def _my_val_cases(self) -> list[Any]:
+        """This process's share of the validation cases (all of them without DDP)."""
+        return self.val_cases[ddp.rank() :: ddp.world_size()]
 
     # -------------------------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
