@@ -154,3 +154,69 @@ def test_an_ensemble_of_incompatible_runs_is_refused(ct_run, rgb_dataset, tmp_pa
     twice = _predict(ct_run, image, tmp_path / "out", "--run", str(ct_run))
     assert twice.exit_code == 2 and "--run: the same run directory is given twice" in twice.output
     assert not (tmp_path / "out").exists()
+
+
+def _outputs(folder):
+    """``{file name: (array, affine)}`` of a prediction folder's outputs (not a killed writer's hidden temporaries)."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.name.startswith("."):
+            continue
+        if path.name.endswith(".nii.gz"):
+            img = nib.load(path)
+            found[path.name] = (np.asarray(img.dataobj), img.affine)
+        elif path.suffix == ".npz":
+            found[path.name] = (np.load(path)["probabilities"], None)
+        elif path.suffix == ".png":
+            found[path.name] = (np.asarray(Image.open(path)), None)
+    return found
+
+
+def test_continue_finishes_a_killed_folder_prediction_as_an_uninterrupted_run(ct_run, ct_dataset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sources = sorted((ct_dataset / "imagesTr").glob("*.nii.gz")) + sorted((ct_dataset / "imagesTs").glob("*.nii.gz"))
+    for k in range(24):  # different volumes, so a mix-up between cases would show
+        shutil.copy(sources[k % len(sources)], folder / f"case{k:02d}_0000.nii.gz")
+    extra = ["--probabilities", "--overlay"]
+    assert _predict(ct_run, folder, tmp_path / "whole", *extra).exit_code == 0
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "attnseg.cli.main", "predict", "--run", str(ct_run), "--input", str(folder)]
+    cmd += ["--output", str(out), "--device", "cpu", *extra]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while not list(out.glob("case0[2-9].nii.gz")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    masks = sorted(out.glob("case*.nii.gz"))
+    assert 0 < len(masks) < 24, "the kill did not land midway"
+    for path in masks:  # a file under its final name is whole
+        assert (
+            np.asarray(nib.load(path).dataobj).shape == nib.load(folder / path.name.replace(".nii", "_0000.nii")).shape
+        )
+
+    stem = [p.name.removesuffix(".nii.gz") for p in masks]
+    done_before = sum(
+        (out / f"{c}_probabilities.npz").exists() and (out / "overlays" / f"{c}.png").exists() for c in stem
+    )
+    result = _predict(ct_run, folder, out, *extra, "--continue")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert f"{24 - done_before} of {24 - done_before} case(s)" in said
+    assert f"({done_before} skipped: already complete)" in said
+    whole, resumed = _outputs(tmp_path / "whole"), _outputs(out)
+    assert whole.keys() == resumed.keys() and len(whole) == 3 * 24
+    for name, (array, affine) in whole.items():
+        np.testing.assert_array_equal(resumed[name][0], array, err_msg=name)
+        if affine is not None:
+            np.testing.assert_array_equal(resumed[name][1], affine, err_msg=name)
+    again = " ".join(_predict(ct_run, folder, out, *extra, "--continue").output.split())
+    assert "0 of 0 case(s)" in again and "(24 skipped" in again

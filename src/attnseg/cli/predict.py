@@ -24,9 +24,13 @@ def predict_command(
     overlay: bool = typer.Option(False, "--overlay", help="Also write overlays/CASE.png (image | prediction)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write CASE_probabilities.npz."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    resume: bool = typer.Option(
+        False, "--continue", help="Skip cases whose outputs (mask, and what else is asked) all exist already."
+    ),
 ) -> None:
     """Segment images with a trained model (or an ensemble of runs). Folders continue past bad files and report
-    them at the end."""
+    them at the end. Every output is written atomically: after an interruption, ``--continue`` predicts only the
+    cases not finished (as nnU-Net's ``--continue_prediction``; it does not check which run wrote a file)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -41,6 +45,16 @@ def predict_command(
     items = find_inputs(input, predictor.files_per_case)
     if not items:
         raise ConfigError(f"--input {input}: no images found")
+    found = len(items)
+    if resume:
+        items = [
+            item
+            for item in items
+            if not all(
+                p.is_file()
+                for p in predictor.output_paths(item, output, overlay=overlay, probabilities=probabilities).values()
+            )
+        ]
     console = Console(stderr=True)
     with Progress(
         TextColumn("[bold]predict"),
@@ -60,7 +74,8 @@ def predict_command(
             items, output, tta=tta, overlay=overlay, probabilities=probabilities, on_done=done
         )
     ok = len(items) - len(failures)
-    Console().print(f"[green]{ok}[/] of {len(items)} case(s) written to {output}")
+    skipped = f" ({found - len(items)} skipped: already complete)" if resume else ""
+    Console().print(f"[green]{ok}[/] of {len(items)} case(s) written to {output}{skipped}")
     if failures:
         for case, message in failures.items():
             console.print(f"[bold red]failed:[/] {case}: {message}")

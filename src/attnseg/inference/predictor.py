@@ -279,6 +279,23 @@ class Predictor:
         )
         return restore_geometry(probs, case.geometry, is_label=False)
 
+    @staticmethod
+    def output_paths(
+        item: PredictionInput, output_dir: str | Path, *, overlay: bool = False, probabilities: bool = False
+    ) -> dict[str, Path]:
+        """The files :meth:`predict_inputs` writes for ``item``: ``mask`` and, when asked, ``probabilities`` and
+        ``overlay``. Each is written atomically, so a case whose files all exist is complete (``--continue``)."""
+        out = Path(output_dir)
+        suffix = ".nii.gz" if item.is_dicom else image_suffix(item.paths[0])
+        if suffix in (".jpg", ".jpeg"):
+            suffix = ".png"  # masks must be lossless
+        paths = {"mask": out / f"{item.case_id}{suffix}"}
+        if probabilities:
+            paths["probabilities"] = out / f"{item.case_id}_probabilities.npz"
+        if overlay:  # in a subfolder, so a PNG dataset's prediction folder holds only masks (evaluate reads it)
+            paths["overlay"] = out / "overlays" / f"{item.case_id}.png"
+        return paths
+
     def predict_inputs(
         self,
         items: Sequence[PredictionInput],
@@ -290,27 +307,20 @@ class Predictor:
         on_done: Callable[[PredictionInput, Exception | None], None] | None = None,
     ) -> dict[str, str]:
         """Predict each input into ``output_dir``; returns ``{case: error message}`` for inputs that failed."""
-        out = Path(output_dir)
         failures: dict[str, str] = {}
         for item in items:
             error: Exception | None = None
+            paths = self.output_paths(item, output_dir, overlay=overlay, probabilities=probabilities)
             try:
                 image, meta, probs, labels = self.predict_item(item, tta=tta)
-                suffix = ".nii.gz" if item.is_dicom else image_suffix(item.paths[0])
-                if suffix in (".jpg", ".jpeg"):
-                    suffix = ".png"  # masks must be lossless
-                write_image(labels, meta, out / f"{item.case_id}{suffix}")
+                write_image(labels, meta, paths["mask"])
                 if probabilities:
                     half = probs.astype(np.float16)
                     atomic_write(
-                        out / f"{item.case_id}_probabilities.npz",
-                        lambda tmp, half=half: np.savez_compressed(tmp, probabilities=half),
+                        paths["probabilities"], lambda tmp, half=half: np.savez_compressed(tmp, probabilities=half)
                     )
                 if overlay:
-                    # in a subfolder, so a PNG dataset's prediction folder holds only masks (evaluate reads it)
-                    save_overlay(
-                        out / "overlays" / f"{item.case_id}.png", image, labels, rgb=meta.rgb, affine=meta.affine
-                    )
+                    save_overlay(paths["overlay"], image, labels, rgb=meta.rgb, affine=meta.affine)
             except (AttnsegError, OSError) as exc:  # the case's own problem; anything else is a bug
                 error = exc
                 failures[item.case_id] = str(exc)
