@@ -58,11 +58,38 @@ def test_checkpoint_round_trip_is_strict_and_unwraps(tmp_path):
     run.load_weights(other, "last")
     for a, b in zip(model.state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b)
-    assert run.load_state("last") == {"iteration": 3}
+    state = run.load_state("last")
+    assert state["iteration"] == 3 and set(state) == {"iteration", "weights_sha256"}
+    assert run.checkpoint_problem("last") is None
     expected = 0o666 & ~_umask()  # what open() gives, not mkstemp's 0600: readable by the group on a cluster
     assert [p.stat().st_mode & 0o777 for p in run.checkpoint_paths("last")] == [expected, expected]
-    with pytest.raises(RuntimeError, match="Missing key"):  # strict: a model with more parameters does not load
+    with pytest.raises(RunError, match="Missing key"):  # strict: a model with more parameters does not load
         run.load_weights(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Conv2d(2, 2, 1)), "last")
+
+
+def test_broken_checkpoints_are_found_and_named(tmp_path):
+    import hashlib
+
+    run = RunDir(_fake_run(tmp_path / "run"))
+    model = nn.Conv2d(1, 2, 3)
+    run.save_checkpoint("last", model, {"iteration": 3})
+    weights, state = run.checkpoint_paths("last")
+    assert run.load_state("last")["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    good = weights.read_bytes()
+    flipped = bytearray(good)
+    flipped[-1] ^= 0xFF  # same length, one tensor byte changed: only the recorded hash tells
+    weights.write_bytes(bytes(flipped))
+    assert "SHA-256" in run.checkpoint_problem("last")
+    weights.write_bytes(good[:40])  # truncated
+    with pytest.raises(RunError, match="corrupt or truncated"):
+        run.load_weights(nn.Conv2d(1, 2, 3), "last")
+    weights.write_bytes(good)
+    with pytest.raises(RunError, match="does not fit"):
+        run.load_weights(nn.Conv2d(1, 4, 3), "last")
+    state.write_bytes(state.read_bytes()[:50])
+    with pytest.raises(RunError, match="last_state.pt.*corrupt or truncated"):
+        run.load_state("last")
+    assert "last_state.pt" in run.checkpoint_problem("last")
 
 
 def test_broken_run_files_are_named(tmp_path):

@@ -111,8 +111,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"must be >= 1, got {value}", option=name)
-        if self.batch_size < 1:
-            raise ConfigError(f"must be >= 1, got {self.batch_size}", option="batch_size")
+        for name in ("batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}", option=name)
+        for name in ("num_workers", "val_every", "warmup_iterations"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"must be >= 0, got {getattr(self, name)}", option=name)
         if self.lr <= 0:
             raise ConfigError(f"must be > 0, got {self.lr}", option="lr")
         if len(self.input_size) not in (2, 3) or min(self.input_size) < 1:

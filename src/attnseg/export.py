@@ -30,6 +30,14 @@ class ExportError(AttnsegError, ValueError):
     """The requested export cannot be made (output name, model capability)."""
 
 
+# the opsets the TorchScript exporter writes (torch.onnx's own bounds where this torch exposes them)
+try:
+    from torch.onnx._constants import ONNX_MAX_OPSET as MAX_OPSET
+    from torch.onnx._constants import ONNX_MIN_OPSET as MIN_OPSET
+except ImportError:  # pragma: no cover - a torch without the private constants
+    MIN_OPSET, MAX_OPSET = 7, 20
+
+
 def export_onnx(
     run_dir: str | Path,
     output: str | Path,
@@ -48,6 +56,8 @@ def export_onnx(
     output = Path(output)
     if output.suffix != ".onnx":
         raise ExportError(f"{output}: the output must be an .onnx file")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"opset {opset}: the exporter writes opsets {MIN_OPSET} to {MAX_OPSET} (default 17)")
     sidecar_path = sidecar_path_for(output)
     refuse_reserved(output, "--output")
     refuse_reserved(sidecar_path, "--output")
@@ -61,16 +71,20 @@ def export_onnx(
     example = torch.randn(1, channels, *slab, *plan.input_size, generator=torch.Generator().manual_seed(0))
     spatial_axes = {2 + len(slab) + i: f"dim{i}" for i in range(len(plan.input_size))}
     with atomic_path(output) as tmp:
-        torch.onnx.export(
-            model,
-            (example,),
-            str(tmp),
-            dynamo=False,
-            opset_version=opset,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch", **spatial_axes}, "logits": {0: "batch"}},
-        )
+        try:
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": {0: "batch", **spatial_axes}, "logits": {0: "batch"}},
+            )
+        except torch.onnx.errors.UnsupportedOperatorError as exc:  # an operator newer than the opset asked for
+            first = str(exc).splitlines()[0]
+            raise ExportError(f"opset {opset}: {name!r} needs a newer opset ({first}); the default 17 works") from None
         max_diff = _check_onnxruntime(str(tmp), model, example) if check else None
         if max_diff is not None and max_diff > atol:
             raise RuntimeError(f"{output}: onnxruntime differs from PyTorch by {max_diff:.2e} (> {atol:g})")

@@ -6,7 +6,7 @@ then renamed over the destination. A reader never sees a half-written file and a
 ``tempfile.mkstemp`` creates files with mode 0600; the final file gets the mode a plain ``open()`` would have given
 it (0666 less the process umask, i.e. 0644 under umask 022), so run directories stay readable on a shared cluster.
 
-Only the standard library is imported here, so every package may use it.
+Only the standard library and :mod:`attnseg.errors` are imported here, so every package may use it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_path", "write_text", "write_json", "default_mode", "default_dir_mode"]
+from attnseg.errors import AttnsegError
+
+__all__ = [
+    "atomic_write",
+    "atomic_path",
+    "atomic_paths",
+    "write_text",
+    "write_json",
+    "default_mode",
+    "default_dir_mode",
+    "OutputPathError",
+]
+
+
+class OutputPathError(AttnsegError, OSError):
+    """An output path that cannot be written: it is a folder, or a file stands where its folder should be."""
 
 
 def _umask() -> int:
@@ -39,6 +54,46 @@ def default_dir_mode() -> int:
     return 0o777 & ~_umask()
 
 
+def _prepare(path: Path, suffix: str | None) -> Path:
+    """Create ``path``'s folder and an empty temporary file next to it; the temporary path."""
+    if path.is_dir():
+        raise OutputPathError(f"{path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir())
+        raise OutputPathError(f"{path}: cannot create its folder, {blocker} is a file") from None
+    tail = path.suffix if suffix is None else suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{tail}", dir=path.parent)
+    os.close(fd)
+    return Path(tmp_name)
+
+
+@contextmanager
+def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Yield a temporary path next to each of ``paths``; once all are written, they are synced to disk and then
+    renamed over their destinations one right after the other; on failure all are deleted.
+
+    Files that belong together (a checkpoint's weights and its training state) are replaced within microseconds of
+    each other, so a crash almost never separates them, and never leaves a half-written file under its name.
+    """
+    tmps: list[Path] = []
+    try:
+        for path in paths:
+            tmps.append(_prepare(Path(path), None))
+        yield list(tmps)
+        for tmp in tmps:  # on disk before the renames, so a crash leaves the old file or the new one
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, default_mode())
+        for tmp, path in zip(tmps, paths, strict=True):
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps:
+            if tmp.exists():
+                tmp.unlink()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``, on failure deleted.
@@ -49,11 +104,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
             ``.nii.gz``). Defaults to the destination's last suffix.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tail = path.suffix if suffix is None else suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{tail}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _prepare(path, suffix)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:  # on disk before the rename, so a crash leaves the old file or the new one

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attnseg.errors import AttnsegError
-from attnseg.io import atomic_write, write_json, write_text
+from attnseg.io import atomic_paths, atomic_write, write_json, write_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -143,7 +143,6 @@ class RunDir:
         """Write ``config.yaml``, ``plan.json``, ``model.json`` and ``split.json`` (before the first step)."""
         import yaml
 
-        self.path.mkdir(parents=True, exist_ok=True)
         write_text(self.path / CONFIG, yaml.safe_dump(dict(config), sort_keys=False))
         write_text(self.path / PLAN, plan.to_json())
         write_json(self.path / MODEL, dict(build))
@@ -155,14 +154,23 @@ class RunDir:
     def save_checkpoint(
         self, name: str, model: nn.Module, state: Mapping[str, Any], metadata: Mapping[str, str] | None = None
     ) -> None:
-        """Write the weights (safetensors, unwrapped) and the training state of checkpoint ``name``."""
+        """Write the weights (safetensors, unwrapped) and the training state of checkpoint ``name``.
+
+        The state records the weights file's SHA-256 (``weights_sha256``): :meth:`checkpoint_problem` finds a
+        weights file that is truncated, corrupt or from another save than its state.
+        """
+        import hashlib
+
         import torch
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         weights_path, state_path = self.checkpoint_paths(name)
         weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
-        atomic_write(weights_path, lambda tmp: save_file(weights, str(tmp), metadata=dict(metadata or {})))
-        atomic_write(state_path, lambda tmp: torch.save(dict(state), tmp))
+        data = save(weights, metadata=dict(metadata or {}))
+        state = {**state, "weights_sha256": hashlib.sha256(data).hexdigest()}
+        with atomic_paths(weights_path, state_path) as (weights_tmp, state_tmp):  # replaced together
+            weights_tmp.write_bytes(data)
+            torch.save(state, state_tmp)
 
     def write_log(self, history: Sequence[Mapping[str, Any]], *, append: bool) -> None:
         """``log.csv`` from ``history`` (rows of scalars): append its last row, or rewrite the whole file.
@@ -263,17 +271,62 @@ class RunDir:
         return [r for r in rows if up_to_iteration is None or int(r["iteration"]) <= up_to_iteration]
 
     def load_weights(self, model: nn.Module, name: str) -> nn.Module:
-        """Load checkpoint ``name``'s weights into ``model`` (strict)."""
-        from safetensors.torch import load_file
+        """Load checkpoint ``name``'s weights into ``model`` (strict).
+
+        Raises:
+            RunError: the checkpoint is missing, unreadable (corrupt, truncated) or does not fit ``model``.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load
 
         path = self.require_checkpoint(name)
-        unwrap(model).load_state_dict(load_file(str(path)), strict=True)
+        try:
+            weights = load(path.read_bytes())
+        except SafetensorError as exc:
+            raise RunError(
+                f"{path}: checkpoint {name!r} cannot be read, the file is corrupt or truncated ({exc})"
+            ) from None
+        try:
+            unwrap(model).load_state_dict(weights, strict=True)
+        except RuntimeError as exc:  # missing, unexpected or mis-shaped tensors
+            detail = " ".join(str(exc).split())
+            raise RunError(
+                f"{path}: checkpoint {name!r} does not fit the network model.json describes ({detail[:300]})"
+            ) from None
         return model
 
     def load_state(self, name: str) -> dict[str, Any]:
+        """The training state of checkpoint ``name``; :class:`RunError` when it is missing or unreadable."""
+        import pickle
+
         import torch
 
-        return torch.load(self.checkpoint_paths(name)[1], map_location="cpu", weights_only=True)
+        path = self.checkpoint_paths(name)[1]
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise RunError(f"{path}: missing; checkpoint {name!r} has no training state") from None
+        except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+            raise RunError(
+                f"{path}: training state of {name!r} cannot be read, the file is corrupt or truncated ({exc})"
+            ) from None
+
+    def checkpoint_problem(self, name: str) -> str | None:
+        """What is wrong with checkpoint ``name`` (missing or unreadable files, weights that are not the ones its
+        state recorded), or ``None`` when it is complete."""
+        import hashlib
+
+        weights_path, _ = self.checkpoint_paths(name)
+        if not weights_path.is_file():
+            return f"{weights_path}: missing"
+        try:
+            state = self.load_state(name)
+        except RunError as exc:
+            return str(exc)
+        recorded = state.get("weights_sha256")
+        if recorded is not None and hashlib.sha256(weights_path.read_bytes()).hexdigest() != recorded:
+            return f"{weights_path}: corrupt or truncated (its SHA-256 is not the one its training state recorded)"
+        return None
 
     def require_checkpoint(self, name: str) -> Path:
         """The weights file of checkpoint ``name``, or a :class:`RunError` saying what to do."""

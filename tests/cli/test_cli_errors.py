@@ -192,3 +192,69 @@ def test_a_recipe_selects_a_registered_trainer(ct_dataset, tmp_path):
         "counting_test",
         out=tmp_path / "run2",
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_ct_run(ct_dataset, tmp_path_factory):
+    from synthetic import train_tiny
+
+    return train_tiny(ct_dataset, tmp_path_factory.mktemp("run") / "ct")
+
+
+def _invoke(*args):
+    return runner.invoke(app, join_multi_value_options([str(a) for a in args]))
+
+
+def test_output_paths_that_cannot_be_written_are_user_errors(ct_dataset, tiny_ct_run, tmp_path):
+    """A file where an output folder should be, or a folder where an output file should be: named, exit 2."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me")
+    predicted = tmp_path / "pred"
+    assert _invoke("predict", "--run", tiny_ct_run, "-i", ct_dataset / "imagesTs", "-o", predicted).exit_code == 0
+    cases = [
+        (["evaluate", "--pred", predicted, "--gt", ct_dataset / "labelsTs", "--out", blocker / "s.json"], "is a file"),
+        (["evaluate", "--pred", predicted, "--gt", ct_dataset / "labelsTs", "--out", tmp_path], "is a folder"),
+        (["export", "--run", tiny_ct_run, "-o", blocker / "m.onnx"], "notes.txt is a file"),
+        (["predict", "--run", tiny_ct_run, "-i", ct_dataset / "imagesTs", "-o", blocker], "--output"),
+        (["bench", "--model", "unet", "--input-size", "32", "32", "--json", blocker / "b.json"], "notes.txt is a file"),
+    ]
+    for args, fragment in cases:
+        _assert_clean_error(_invoke(*args), fragment)
+    _assert_clean_error(_train(ct_dataset, blocker), "--out", "is a file")
+    assert blocker.read_text() == "keep me" and not (predicted / "summary.json").exists()
+
+
+def test_option_values_out_of_range_are_named(ct_dataset, tiny_ct_run, tmp_path):
+    _assert_clean_error(
+        _train(ct_dataset, tmp_path / "run", "--num-workers", "-1"), "--num-workers", out=tmp_path / "run"
+    )
+    for opset in ("3", "99"):
+        result = _invoke("export", "--run", tiny_ct_run, "-o", tmp_path / "m.onnx", "--opset", opset)
+        _assert_clean_error(result, f"opset {opset}", "7 to")
+        assert not (tmp_path / "m.onnx").exists()
+    result = _invoke("evaluate", "--pred", tmp_path, "--gt", ct_dataset / "labelsTs", "--workers", "-3")
+    _assert_clean_error(result, "--workers", "-3")
+
+
+def test_a_colour_photo_is_not_a_ct_scan(tiny_ct_run, rgb_dataset, tmp_path):
+    photo = sorted((rgb_dataset / "imagesTr").glob("*.png"))[0]
+    result = _invoke("predict", "--run", tiny_ct_run, "-i", photo, "-o", tmp_path / "out", "--device", "cpu")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "colour image" in said and photo.name in said, said
+    assert not list((tmp_path / "out").glob("*.png")) if (tmp_path / "out").exists() else True
+
+
+def test_resume_keeps_the_run_model_and_dataset(ct_dataset, rgb_dataset, tiny_ct_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ct_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    result = _invoke("train", "--resume", "--out", run, "--model", "malunet", "-q")
+    _assert_clean_error(result, "--model", "'unet', not 'malunet'")
+    result = _invoke("train", "--resume", "--out", run, "--data", rgb_dataset, "-q")
+    _assert_clean_error(result, "--data", "1 input channel(s)", "gives 3")
+    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+def test_a_dataset_json_path_names_its_folder(ct_dataset, tmp_path):
+    result = _invoke("check-data", ct_dataset / "dataset.json")
+    assert result.exit_code == 0, result.output

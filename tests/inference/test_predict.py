@@ -96,7 +96,7 @@ def test_folder_continues_past_bad_files(ct_run, ct_dataset, tmp_path):
     (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
     (folder / "notes.txt").write_text("not an image")
     result = _predict(ct_run, folder, tmp_path / "out")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "broken" in result.output and "notes.txt" in result.output and "1 of 3" in result.output
     assert (tmp_path / "out" / "good.nii.gz").exists() and not (tmp_path / "out" / "broken.nii.gz").exists()
 

@@ -187,3 +187,87 @@ def test_a_shared_progress_display_gets_one_training_task(ct_dataset, tmp_path):
     assert [e[1] for e in steps] == [1, 1, 1, 1] and all(e[2].startswith("  train loss ") for e in steps)
     assert display.events[-1] == ("remove",) and [t.id for t in display.tasks] == [study_task]
     assert not display.live.is_started  # the owner starts and stops the display, not the trainer
+
+
+def _assert_same_weights(run_a, run_b, name="last"):
+    a = load_file(str(run_a / "checkpoints" / f"{name}.safetensors"))
+    b = load_file(str(run_b / "checkpoints" / f"{name}.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_resume_falls_back_to_best_when_last_is_broken(ct_dataset, tmp_path, capsys):
+    import shutil
+
+    from attnseg.runs import RunError
+
+    full = _cfg(ct_dataset, tmp_path / "full")
+    train(full, progress=False)
+    part = _cfg(ct_dataset, tmp_path / "part")
+    trainer = _StopAt(part, progress=False)
+    trainer._seed_everything()
+    trainer.setup()
+    with pytest.raises(_Interrupted):
+        trainer.run()
+    weights = tmp_path / "part" / "checkpoints" / "last.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a disk that lost the file's end
+    shutil.copytree(tmp_path / "part", tmp_path / "both_broken")
+    train(part, resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert "last.safetensors: corrupt or truncated" in err and "resuming from the 'best' checkpoint" in err
+    _assert_same_weights(tmp_path / "full", tmp_path / "part")  # best was written at the same step as last
+
+    best = tmp_path / "both_broken" / "checkpoints" / "best_state.pt"
+    best.write_bytes(best.read_bytes()[:100])
+    with pytest.raises(RunError, match="cannot resume: .*last.safetensors.*no other complete checkpoint"):
+        train(_cfg(ct_dataset, tmp_path / "both_broken"), resume=True, progress=False)
+
+
+@pytest.mark.slow
+def test_training_killed_at_random_moments_resumes_to_the_uninterrupted_weights(ct_dataset, tmp_path):
+    """SIGKILL at random moments, some while a checkpoint is being written; ``--resume`` each time; the final
+    weights equal an uninterrupted run's."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out, *extra):
+        args = ["--model", "unet", "--model-kwargs", '{"width": 8}', "--data", str(ct_dataset), "--out", str(out)]
+        args += ["--iterations", "24", "--batch-size", "2", "--input-size", "48", "48", "--val-every", "3"]
+        args += ["--num-workers", "0", "--seed", "5", "--device", "cpu", "-q", *extra]
+        return [sys.executable, "-m", "attnseg.cli.main", "train", *args]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command(tmp_path / "whole"), env=env, check=True, capture_output=True)
+    out, rng = tmp_path / "killed", random.Random(0)
+    checkpoints, kills, during_write = out / "checkpoints", 0, 0
+    while kills < 4:
+        resume = (checkpoints / "last_state.pt").exists()
+        proc = subprocess.Popen(command(out, *(["--resume"] if resume else [])), env=env)
+        started = (checkpoints / "last_state.pt").stat().st_mtime_ns if resume else 0
+        deadline = time.monotonic() + 240
+        aim_at_write = kills % 2 == 0
+        while proc.poll() is None and time.monotonic() < deadline:
+            if aim_at_write and checkpoints.is_dir() and any(p.name.startswith(".") for p in checkpoints.iterdir()):
+                during_write += 1
+                break
+            state = checkpoints / "last_state.pt"
+            if not aim_at_write and state.exists() and state.stat().st_mtime_ns != started:
+                time.sleep(rng.uniform(0.0, 0.4))  # somewhere in the steps after a new checkpoint
+                break
+            time.sleep(0.0005)
+        if proc.poll() is not None:
+            break  # finished before the kill
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills >= 3, f"only {kills} kill(s) landed before the run finished"
+    print(f"{kills} kills, {during_write} while a checkpoint was being written")
+    final = subprocess.run(command(out, "--resume"), env=env, capture_output=True, text=True)
+    assert final.returncode == 0, final.stdout + final.stderr
+    _assert_same_weights(tmp_path / "whole", out)
+    assert RunDir(out).load_state("last")["iteration"] == 24

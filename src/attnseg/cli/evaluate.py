@@ -33,10 +33,15 @@ def evaluate(
     """Evaluate predictions against references and write an nnU-Net-like summary.json."""
     from rich.console import Console
 
+    from attnseg.config import ConfigError
     from attnseg.evaluation.evaluate import evaluate_folders, print_summary, save_summary
     from attnseg.runs import refuse_reserved
 
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers: must be >= 1 (1 = no pool), got {workers}")
     target = out if out is not None else pred / "summary.json"
+    if target.is_dir():
+        raise ConfigError(f"--out {target}: is a folder; give a file name such as {target / 'summary.json'}")
     refuse_reserved(target, "--out")
     summary = evaluate_folders(pred, gt, dataset_dir=dataset, protocol=protocol, num_workers=workers)
     target = save_summary(summary, target)

@@ -26,5 +26,7 @@ def export_command(
         raise ConfigError(f"--checkpoint must be best or last, got {checkpoint!r}")
     sidecar = export_onnx(run, output, checkpoint=checkpoint, opset=opset, check=check)
     diff = sidecar["onnxruntime_max_abs_diff"]
-    checked = f"onnxruntime max |diff| {diff:.2e}" if diff is not None else "not checked (onnxruntime missing)"
+    checked = f"onnxruntime max |diff| {diff:.2e}" if diff is not None else "not checked: onnxruntime missing"
+    if not check:
+        checked = "not checked: --no-check"
     Console().print(f"[green]exported[/] {output} ({checked}); sidecar {sidecar_path_for(output)}")

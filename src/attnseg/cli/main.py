@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import typer
+
+# timm's model modules call torch.jit.interface at import, which torch >= 2.9 deprecates: two lines of noise before
+# every command's own output that no user can act on
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.interface` is deprecated", category=FutureWarning)
 
 __all__ = ["app", "main", "cli_errors", "fail", "internal_error"]
 

@@ -29,8 +29,9 @@ def predict_command(
     ),
 ) -> None:
     """Segment images with a trained model (or an ensemble of runs). Folders continue past bad files and report
-    them at the end. Every output is written atomically: after an interruption, ``--continue`` predicts only the
-    cases not finished (as nnU-Net's ``--continue_prediction``; it does not check which run wrote a file)."""
+    them at the end (exit code 2 if any failed). Every output is written atomically: after an interruption,
+    ``--continue`` predicts only the cases not finished (as nnU-Net's ``--continue_prediction``; it does not check
+    which run wrote a file)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -42,6 +43,8 @@ def predict_command(
     if len(set(runs)) < len(runs):
         raise ConfigError("--run: the same run directory is given twice")
     predictor = load_run(runs[0] if len(runs) == 1 else runs, checkpoint=checkpoint, device=device)  # the API's loader
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output}: is a file; give a folder for the masks")
     items = find_inputs(input, predictor.files_per_case)
     if not items:
         raise ConfigError(f"--input {input}: no images found")
@@ -55,7 +58,7 @@ def predict_command(
                 for p in predictor.output_paths(item, output, overlay=overlay, probabilities=probabilities).values()
             )
         ]
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # whole paths in the failure lines, not folded
     with Progress(
         TextColumn("[bold]predict"),
         BarColumn(),
@@ -79,4 +82,4 @@ def predict_command(
     if failures:
         for case, message in failures.items():
             console.print(f"[bold red]failed:[/] {case}: {message}")
-        raise typer.Exit(1)
+        raise typer.Exit(2)  # the inputs' problems (an unexpected exception is not caught and exits 1)

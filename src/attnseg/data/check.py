@@ -860,6 +860,8 @@ def check_dataset(
     """
     start = time.perf_counter()
     root = Path(root)
+    if root.name == "dataset.json" and root.is_file():
+        root = root.parent  # as load_dataset: the dataset's own file names its folder
     tol = tolerances or Tolerances()
     findings: list[Finding] = []
 
@@ -871,7 +873,12 @@ def check_dataset(
         return CheckReport(root, ordered, num_cases, tol, read, cached, time.perf_counter() - start)
 
     if not root.is_dir():
-        add("error", None, ".", f"dataset folder {root} not found")
+        add(
+            "error",
+            None,
+            ".",
+            f"{root} is a file, not a dataset folder" if root.exists() else f"dataset folder {root} not found",
+        )
         return report()
     declared = _parse_dataset_json(root, add)
     if declared is None or declared.file_ending is None:

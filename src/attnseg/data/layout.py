@@ -176,8 +176,12 @@ def load_dataset(root: str | os.PathLike) -> DatasetInfo:
         DatasetError: missing/invalid dataset.json, badly named files, missing labels or channels.
     """
     root = Path(root)
+    if root.name == "dataset.json" and root.is_file():
+        root = root.parent  # the dataset's own file names its folder
     if not root.is_dir():
-        raise DatasetError(f"{root}: dataset folder not found")
+        raise DatasetError(
+            f"{root}: is a file, not a dataset folder" if root.exists() else f"{root}: dataset folder not found"
+        )
     meta_path = root / "dataset.json"
     if not meta_path.exists():
         raise DatasetError(f"{meta_path}: missing; a dataset folder needs dataset.json (nnU-Net v2 raw layout)")

@@ -156,6 +156,10 @@ class Predictor:
                 raise ImageReadError(p, f"channel shape {arr.shape[1:]} differs from {item.paths[0].name}")
             arrays.append(arr)
             meta = meta or m
+        if meta.rgb and "ct" in self.plan.channel_kinds:
+            raise ImageReadError(
+                item.paths[0], "is a colour image; the model was trained on CT (Hounsfield units), which no photo holds"
+            )
         image = self._model_channels(np.concatenate(arrays, 0), meta)
         expected = len(self.plan.channel_kinds)
         if image.shape[0] != expected:

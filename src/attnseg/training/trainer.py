@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +42,7 @@ from attnseg.models.registry import (
     model_info,
     sized_kwargs,
 )
-from attnseg.runs import RunDir, unwrap
+from attnseg.runs import RunDir, RunError, unwrap
 from attnseg.training import distributed as ddp
 from attnseg.training.losses import build_loss
 
@@ -175,6 +177,8 @@ class Trainer:
         c = self.cfg
         if not c.out:
             raise ConfigError("the run directory is required", option="out")
+        if Path(c.out).exists() and not Path(c.out).is_dir():
+            raise ConfigError(f"{c.out} is a file; the run directory must be a folder", option="out")
         # every problem of the dataset at once, before anything is written (attnseg.data.check; cached)
         verify_dataset(c.data, print_warnings=ddp.is_main())
         info = load_dataset(c.data)
@@ -189,6 +193,8 @@ class Trainer:
             )
         num_classes = 1 if binary else info.num_classes
         in_channels = 3 if info.is_rgb else info.num_channels
+        if self.resume and (self.run_dir.path / "model.json").is_file():
+            self._check_resumed_model(in_channels, num_classes)
         if len(c.input_size) != meta.spatial_dims:
             raise ConfigError(
                 f"{c.input_size}: model {c.model!r} is {meta.spatial_dims}D and needs {meta.spatial_dims} sizes",
@@ -243,6 +249,24 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.amp == "fp16" and self.device.type == "cuda")
         if self.resume:
             self._load_resume_state()
+
+    def _check_resumed_model(self, in_channels: int, num_classes: int) -> None:
+        """A resumed run continues with its own model and a dataset of the same channels and classes (its
+        checkpoint fits no other network)."""
+        build = self.run_dir.read_model()
+        if build["name"] != self.cfg.model:
+            raise ConfigError(
+                f"the run in {self.run_dir.path} trains {build['name']!r}, not {self.cfg.model!r}; "
+                "--resume continues a run with its own model (leave --model out)",
+                option="model",
+            )
+        had = (int(build["in_channels"]), int(build["num_classes"]))
+        if had != (in_channels, num_classes):
+            raise ConfigError(
+                f"the run in {self.run_dir.path} was trained with {had[0]} input channel(s) and {had[1]} output(s); "
+                f"{self.cfg.data} gives {in_channels} and {num_classes}: --resume needs the run's own dataset",
+                option="data",
+            )
 
     def _fold_cases(self, info: DatasetInfo) -> tuple[list[str], list[str]]:
         """Training and validation cases of ``cfg.fold``; test cases must be in neither."""
@@ -314,8 +338,16 @@ class Trainer:
             self.run_dir.save_checkpoint(name, self.model, self._state(), meta)
 
     def _load_resume_state(self) -> None:
-        self.run_dir.load_weights(self.model, "last")
-        state = self.run_dir.load_state("last")
+        """Continue from ``last``; from ``best`` when ``last`` is broken (a kill mid-write, a bad disk)."""
+        name, problem = "last", self.run_dir.checkpoint_problem("last")
+        if problem is not None:
+            if not self.run_dir.has_checkpoint("best") or self.run_dir.checkpoint_problem("best") is not None:
+                raise RunError(f"cannot resume: {problem}; no other complete checkpoint to continue from")
+            name = "best"
+            if ddp.is_main():
+                sys.stderr.write(f"warning: {problem}; resuming from the 'best' checkpoint instead\n")
+        self.run_dir.load_weights(self.model, name)
+        state = self.run_dir.load_state(name)
         self.iteration = int(state["iteration"])
         self.best_metric = float(state["best_metric"])
         self.optimizer.load_state_dict(state["optimizer"])
