@@ -88,7 +88,7 @@ class TrainConfig:
     save_val_predictions: bool = False  # --save-val-predictions: RUN/validation/<case>.npz of the best checkpoint
     seed: int = 42  # --seed
     device: str = "auto"  # --device: auto | cpu | cuda | cuda:N | mps
-    amp: Literal["none", "bf16", "fp16"] = "none"  # --amp
+    amp: Literal["none", "bf16", "fp16"] = "none"  # --amp: bf16 autocast on CUDA and CPU; fp16 (scaled) on CUDA
     grad_clip: float = 12.0  # max gradient norm (nnU-Net); 0 disables
     num_workers: int = 2
     geometry: Geometry = "spacing"  # in-plane: "spacing" (reorient + resample + crop) or "resize" (papers' protocol)
@@ -98,8 +98,8 @@ class TrainConfig:
     ct_clip_hu: tuple[float, float] | None = None  # fixed HU window instead (e.g. -125 275 as TransUNet's Synapse)
     slab_size: int | None = None  # adjacent slices per sample (SALSTM/LSTMSA); default from the model
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: bool = False  # --channels-last
+    compile: bool = False  # --compile
     deterministic: bool = False
     log_every: int = 10
     notes: str = ""

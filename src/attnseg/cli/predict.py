@@ -24,6 +24,7 @@ def predict_command(
     overlay: bool = typer.Option(False, "--overlay", help="Also write overlays/CASE.png (image | prediction)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write CASE_probabilities.npz."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    amp: str = typer.Option("none", "--amp", help="none | bf16 (autocast on CUDA and CPU)."),
     resume: bool = typer.Option(
         False, "--continue", help="Skip cases whose outputs (mask, and what else is asked) all exist already."
     ),
@@ -42,7 +43,9 @@ def predict_command(
         raise ConfigError(f"--checkpoint must be best or last, got {checkpoint!r}")
     if len(set(runs)) < len(runs):
         raise ConfigError("--run: the same run directory is given twice")
-    predictor = load_run(runs[0] if len(runs) == 1 else runs, checkpoint=checkpoint, device=device)  # the API's loader
+    predictor = load_run(
+        runs[0] if len(runs) == 1 else runs, checkpoint=checkpoint, device=device, amp=amp
+    )  # the API's loader
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output}: is a file; give a folder for the masks")
     items = find_inputs(input, predictor.files_per_case)

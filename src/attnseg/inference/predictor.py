@@ -121,9 +121,12 @@ class Predictor:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 8
     num_classes: int = 2  # output logits (1 for a binary sigmoid model)
+    autocast: bool = False  # bf16 autocast (CUDA or CPU); the probabilities are float32 either way
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> Predictor:
+    def from_run(
+        cls, run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu", autocast: bool = False
+    ) -> Predictor:
         run = RunDir(run_dir)
         build = run.read_model()
         plan = run.read_plan()
@@ -141,6 +144,7 @@ class Predictor:
             label_names=names,
             device=device,
             num_classes=int(build["num_classes"]),
+            autocast=autocast,
         )
 
     @property
@@ -280,6 +284,7 @@ class Predictor:
             batch_size=self.batch_size,
             tta=tta,
             device=self.device,
+            autocast=self.autocast,
         )
         return restore_geometry(probs, case.geometry, is_label=False)
 
@@ -347,12 +352,16 @@ class Ensemble(Predictor):
 
     @classmethod
     def from_runs(
-        cls, run_dirs: Sequence[str | Path], checkpoint: str = "best", device: str | torch.device = "cpu"
+        cls,
+        run_dirs: Sequence[str | Path],
+        checkpoint: str = "best",
+        device: str | torch.device = "cpu",
+        autocast: bool = False,
     ) -> Ensemble:
         """Load every run; raises :class:`RunError` naming the run that does not match the first."""
         if not run_dirs:
             raise RunError("an ensemble needs at least one run directory")
-        members = [Predictor.from_run(r, checkpoint=checkpoint, device=device) for r in run_dirs]
+        members = [Predictor.from_run(r, checkpoint=checkpoint, device=device, autocast=autocast) for r in run_dirs]
         first = members[0]
         for run_dir, member in zip(run_dirs[1:], members[1:], strict=True):
             for what, mine, theirs in (
@@ -375,6 +384,7 @@ def load_run(
     run_dir: str | os.PathLike | Sequence[str | os.PathLike],
     checkpoint: str = "best",
     device: str | torch.device = "auto",
+    amp: str = "none",
 ) -> Predictor:
     """Load a run directory for prediction, once: the loader of ``attnseg predict`` and of ``attnseg.load_run``.
 
@@ -383,28 +393,41 @@ def load_run(
             :class:`Ensemble` averaging their probabilities (always an ``Ensemble``, even of one run).
         checkpoint: ``best`` or ``last``.
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``.
+        amp: ``none`` or ``bf16`` (autocast on CUDA and CPU; see ``docs/mixed_precision.md`` for its agreement).
 
     Raises:
         RunError: not a run directory, a missing checkpoint, the same run twice, runs that cannot ensemble.
         ConfigError: a device this machine does not have.
     """
-    from attnseg.config import resolve_device
+    from attnseg.config import ConfigError, resolve_device
 
     if checkpoint not in ("best", "last"):
         raise RunError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    resolved = resolve_device(str(device))
+    if amp not in ("none", "bf16"):
+        raise ConfigError(f"must be none or bf16, got {amp!r}", option="amp")
+    resolved, autocast = resolve_device(str(device)), amp == "bf16"
     if isinstance(run_dir, str | os.PathLike):
-        return Predictor.from_run(run_dir, checkpoint=checkpoint, device=resolved)
+        return Predictor.from_run(run_dir, checkpoint=checkpoint, device=resolved, autocast=autocast)
     runs = list(run_dir)
     seen: set[Path] = set()
     for run in runs:
         if Path(run).resolve() in seen:
             raise RunError(f"{run}: the same run directory is given twice")
         seen.add(Path(run).resolve())
-    return Ensemble.from_runs(runs, checkpoint=checkpoint, device=resolved)
+    return Ensemble.from_runs(runs, checkpoint=checkpoint, device=resolved, autocast=autocast)
 
 
-_PREDICTOR_FIELDS = ("model", "plan", "spatial_dims", "slab", "label_names", "device", "batch_size", "num_classes")
+_PREDICTOR_FIELDS = (
+    "model",
+    "plan",
+    "spatial_dims",
+    "slab",
+    "label_names",
+    "device",
+    "batch_size",
+    "num_classes",
+    "autocast",
+)
 
 
 def _classes(predictor: Predictor) -> tuple[int, dict[int, str]]:

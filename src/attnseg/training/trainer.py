@@ -74,6 +74,11 @@ def get_trainer(name: str) -> type[Trainer]:
     return _TRAINERS[name]
 
 
+def _memory_format(ndim: int) -> torch.memory_format:
+    """The channels-last format of a tensor (or a model's inputs) with ``ndim`` dimensions."""
+    return torch.channels_last if ndim == 4 else torch.channels_last_3d
+
+
 def dice_per_class(pred: np.ndarray, gt: np.ndarray, labels: list[int]) -> dict[int, float]:
     """Dice per label (1 when both are empty, as in the ``strict`` protocol)."""
     out = {}
@@ -241,9 +246,11 @@ class Trainer:
         if self.resume and not has_run:
             raise ConfigError(f"cannot resume: no checkpoint in {self.run_dir.path / 'checkpoints'}", option="out")
 
+        if c.amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError(f"fp16 needs CUDA (its gradient scaler); on {self.device.type} use bf16", option="amp")
         self.model.to(self.device)
-        if c.channels_last and self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d)
+        if c.channels_last:  # NHWC / NDHWC: faster convolutions on tensor cores and in oneDNN on CPU
+            self.model.to(memory_format=_memory_format(self.spatial_dims + 2))
         self.optimizer = self.build_optimizer(self.model.parameters())
         self.scheduler = self.build_scheduler(self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.amp == "fp16" and self.device.type == "cuda")
@@ -397,6 +404,8 @@ class Trainer:
         """One optimiser step; returns the loss."""
         c = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
+        if c.channels_last:
+            image = image.contiguous(memory_format=_memory_format(image.dim()))
         dtype = torch.bfloat16 if c.amp == "bf16" else torch.float16
         with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=c.amp != "none"):
             logits = self.model(image)
