@@ -88,7 +88,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"Generated {doc['created']} by `python benchmarks/study_overhead.py --study {doc['study']}`: "
         f"{doc['jobs']} jobs of {doc['iterations']} training iterations, {doc['images_predicted']} images predicted "
-        "(validation and test), one process on this machine's CPU.",
+        "after training (the validation cases' label maps come from training's own validation of the best "
+        "checkpoint, `RUN/validation/`), one process on this machine's CPU.",
         "",
         "| Phase | Seconds | Share |",
         "|---|---:|---:|",
