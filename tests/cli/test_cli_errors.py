@@ -258,3 +258,22 @@ def test_resume_keeps_the_run_model_and_dataset(ct_dataset, rgb_dataset, tiny_ct
 def test_a_dataset_json_path_names_its_folder(ct_dataset, tmp_path):
     result = _invoke("check-data", ct_dataset / "dataset.json")
     assert result.exit_code == 0, result.output
+
+
+def test_a_command_line_that_does_not_parse_is_one_line_exit_2():
+    """click's own usage errors (unknown option, extra argument, value out of range) through the real entry point."""
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "attnseg.cli.main", *args], capture_output=True, text=True)
+
+    for args, fragment in (
+        (["predict", "--nope"], "No such option: --nope"),
+        (["train", "--input-size", "-32", "32", "--model", "unet"], "unexpected extra argument"),
+        (["bench", "--runs", "0", "--model", "unet"], "'--runs'"),
+    ):
+        result = run(*args)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert lines[0].startswith("error: ") and fragment in lines[0] and f"attnseg {args[0]} --help" in lines[0]
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("attnseg ")

@@ -88,8 +88,9 @@ def cli_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the attnseg version and exit.", is_eager=True),
 ) -> None:
     """Attention-based medical image segmentation."""
@@ -98,6 +99,9 @@ def _root(
 
         typer.echo(f"attnseg {__version__}")
         raise typer.Exit()
+    if ctx.invoked_subcommand is None:  # options but no command
+        typer.echo(ctx.get_help())
+        raise typer.Exit(2)
 
 
 def _register() -> None:
@@ -124,11 +128,25 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
-    """Console-script entry point."""
+def main() -> int:
+    """Console-script entry point. A command line click cannot parse (an unknown option, a missing value, a value
+    out of range) is a user error like any other: one line naming it, exit 2, instead of click's framed box."""
     from attnseg.cli.args import join_multi_value_options
 
-    app(args=join_multi_value_options(sys.argv[1:]), prog_name="attnseg")
+    try:
+        result = app(args=join_multi_value_options(sys.argv[1:]), prog_name="attnseg", standalone_mode=False)
+    except typer.Abort:  # Ctrl-C at a prompt
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    except Exception as exc:
+        # click's UsageError (typer vendors click, so the class is matched by its interface): exit code 2
+        if getattr(exc, "exit_code", None) != 2 or not callable(getattr(exc, "format_message", None)):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "attnseg"
+        sys.stderr.write(f"error: {exc.format_message()} (see `{where} --help`)\n")
+        return 2
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":
