@@ -78,24 +78,32 @@ class _StopAt(Trainer):
         return super().train_step(image, label)
 
 
-def test_resume_equals_uninterrupted(ct_dataset, tmp_path):
-    full = _cfg(ct_dataset, tmp_path / "full")
-    train(full, progress=False)
-
-    part = _cfg(ct_dataset, tmp_path / "part")
+def _full_and_interrupted(data, tmp_path) -> TrainConfig:
+    """An uninterrupted run in ``tmp_path/full``; the same run killed after step 7 (last checkpoint: 4) in
+    ``tmp_path/part``, whose config is returned."""
+    train(_cfg(data, tmp_path / "full"), progress=False)
+    part = _cfg(data, tmp_path / "part")
     trainer = _StopAt(part, progress=False)
     trainer._seed_everything()
     trainer.setup()
     with pytest.raises(_Interrupted):
         trainer.run()
     assert RunDir(tmp_path / "part").load_state("last")["iteration"] == 4
-    train(part, resume=True, progress=False)
+    return part
 
-    a = load_file(str(tmp_path / "full" / "checkpoints" / "last.safetensors"))
-    b = load_file(str(tmp_path / "part" / "checkpoints" / "last.safetensors"))
+
+def _assert_same_weights(run_a, run_b, name="last"):
+    a = load_file(str(run_a / "checkpoints" / f"{name}.safetensors"))
+    b = load_file(str(run_b / "checkpoints" / f"{name}.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_resume_equals_uninterrupted(ct_dataset, tmp_path):
+    part = _full_and_interrupted(ct_dataset, tmp_path)
+    train(part, resume=True, progress=False)
+    _assert_same_weights(tmp_path / "full", tmp_path / "part")
     with open(tmp_path / "full" / "log.csv") as f1, open(tmp_path / "part" / "log.csv") as f2:
         l1 = [float(r["loss"]) for r in csv.DictReader(f1)]
         l2 = [float(r["loss"]) for r in csv.DictReader(f2)]
@@ -189,27 +197,12 @@ def test_a_shared_progress_display_gets_one_training_task(ct_dataset, tmp_path):
     assert not display.live.is_started  # the owner starts and stops the display, not the trainer
 
 
-def _assert_same_weights(run_a, run_b, name="last"):
-    a = load_file(str(run_a / "checkpoints" / f"{name}.safetensors"))
-    b = load_file(str(run_b / "checkpoints" / f"{name}.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
-
-
 def test_resume_falls_back_to_best_when_last_is_broken(ct_dataset, tmp_path, capsys):
     import shutil
 
     from attnseg.runs import RunError
 
-    full = _cfg(ct_dataset, tmp_path / "full")
-    train(full, progress=False)
-    part = _cfg(ct_dataset, tmp_path / "part")
-    trainer = _StopAt(part, progress=False)
-    trainer._seed_everything()
-    trainer.setup()
-    with pytest.raises(_Interrupted):
-        trainer.run()
+    part = _full_and_interrupted(ct_dataset, tmp_path)
     weights = tmp_path / "part" / "checkpoints" / "last.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # a disk that lost the file's end
     shutil.copytree(tmp_path / "part", tmp_path / "both_broken")
