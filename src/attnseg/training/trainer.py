@@ -120,7 +120,8 @@ class Trainer:
         self.resume = resume
         self.progress = progress
         self.run_dir = RunDir(cfg.out)
-        self.device = resolve_device(cfg.device)
+        # under torchrun, plain "cuda" is this process's GPU (cuda:LOCAL_RANK)
+        self.device = ddp.process_device(resolve_device(cfg.device))
         self.model: nn.Module | None = None  # -> setup()
         self.iteration = 0
         self.best_metric = -math.inf
@@ -353,8 +354,9 @@ class Trainer:
             name = "best"
             if ddp.is_main():
                 sys.stderr.write(f"warning: {problem}; resuming from the 'best' checkpoint instead\n")
-        self.run_dir.load_weights(self.model, name)
         state = self.run_dir.load_state(name)
+        self._check_resumed_world_size(state)
+        self.run_dir.load_weights(self.model, name)
         self.iteration = int(state["iteration"])
         self.best_metric = float(state["best_metric"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -364,6 +366,22 @@ class Trainer:
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.history = self.run_dir.read_log(up_to_iteration=self.iteration)
+
+    def _check_resumed_world_size(self, state: dict[str, Any]) -> None:
+        """A resumed run continues with the number of processes it was trained with: the batch size is per process,
+        so another number would change the global batch (and the samples each step draws) midway."""
+        had, now = state.get("world_size"), ddp.world_size()
+        if had is None or int(had) == now:  # checkpoints written before world_size was recorded: not checked
+            return
+        had, batch = int(had), self.cfg.batch_size
+        launch = (
+            "without torchrun" if had == 1 else f"with {had} processes (torchrun: nodes x --nproc_per_node = {had})"
+        )
+        raise ConfigError(
+            f"the run in {self.run_dir.path} was trained by {had} process(es) and this launch has {now}: the global "
+            f"batch (batch size x processes) would change from {batch} x {had} = {batch * had} to {batch} x {now} = "
+            f"{batch * now}; resume it {launch}"
+        )
 
     # ------------------------------------------------------------------------------------------------------ hooks
     def on_train_start(self) -> None:
@@ -471,6 +489,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Per-class Dice on the validation cases (sharded over ranks, gathered), on the preprocessed grid."""
         model = unwrap(self.model)
+        ddp.broadcast_buffers(model)  # every rank validates the model rank 0 saves (BatchNorm statistics)
         labels = [v for v in self.info.label_values if v != 0]
         results = []
         for case in self._my_val_cases():
