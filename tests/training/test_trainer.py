@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -264,3 +265,37 @@ def test_training_killed_at_random_moments_resumes_to_the_uninterrupted_weights(
     assert final.returncode == 0, final.stdout + final.stderr
     _assert_same_weights(tmp_path / "whole", out)
     assert RunDir(out).load_state("last")["iteration"] == 24
+
+
+def test_the_default_validation_schedule_bounds_its_cost():
+    from attnseg.training.trainer import validation_interval
+
+    def interval(shapes, size, dims=2, geometry="spacing", batch=4, per_epoch=3):
+        return validation_interval(
+            shapes,
+            input_size=size,
+            spatial_dims=dims,
+            geometry=geometry,
+            batch_size=batch,
+            iterations_per_epoch=per_epoch,
+        )
+
+    # two 2D tiles that fit one window: 2 passes <= 10 % of an epoch's 3 steps x 3 x 4 = 36 passes: once per epoch
+    assert interval([(128, 128)] * 2, [128, 128]) == 3
+    # four tiles: 4 passes need 4 / (0.1 x 3 x 4) = 3.3 -> 4 steps between validations
+    assert interval([(128, 128)] * 4, [128, 128]) == 4
+    # 20 slices of 300x200 with 128 windows at 50 % overlap: 4 x 3 windows per slice = 240 passes;
+    # 10 % of a step (3 x 4 passes) is 1.2 passes, so every ceil(240 / 1.2) = 200 steps
+    assert interval([(300, 200, 20)], [128, 128]) == 200
+    assert interval([(300, 200, 20)], [128, 128], geometry="resize") == math.ceil(20 / 1.2)  # a window per slice
+    # a 3D model: 3 x 3 x 1 windows of 64^3 on a 100x100x40 volume (MONAI's starts 0, 32, 36 on 100); a global
+    # batch of 4 (2 processes x 2): ceil(9 / 1.2) = 8
+    assert interval([(100, 100, 40)], [64, 64, 64], dims=3, batch=4, per_epoch=1) == 8
+    assert interval([], [128, 128]) == 3  # no validation cases: checkpoints once per epoch
+    # the window count is MONAI's own (sliding_window_inference's scan at 50 % overlap)
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    for shape, roi in (((1000, 130), (128, 128)), ((257, 129), (128, 128)), ((100, 100, 64), (64, 64, 64))):
+        monai_windows = len(dense_patch_slices(shape, roi, _get_scan_interval(shape, roi, len(shape), (0.5,) * 3)))
+        assert interval([shape], list(roi), dims=len(shape), per_epoch=1) == math.ceil(monai_windows / 1.2)

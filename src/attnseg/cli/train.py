@@ -54,7 +54,11 @@ def train_command(
     optimizer: str | None = typer.Option(None, help="sgd | adam | adamw."),
     scheduler: str | None = typer.Option(None, help="poly | cosine | constant."),
     loss: str | None = typer.Option(None, help="dice_ce | bce_dice | ce_dice_0.4_0.6 | boundary_dou | ce | bce."),
-    val_every: int | None = typer.Option(None, "--val-every", help="Validate every N steps (default: per epoch)."),
+    val_every: int | None = typer.Option(
+        None,
+        "--val-every",
+        help="Validate every N steps (default: per epoch, less often if validating would cost over 10 % of training).",
+    ),
     save_val_predictions: bool | None = typer.Option(
         None,
         "--save-val-predictions/--no-save-val-predictions",
@@ -78,6 +82,7 @@ def train_command(
 
     from attnseg.config import ConfigError, TrainConfig, load_recipe, merge_config
     from attnseg.runs import RunDir
+    from attnseg.training import distributed as ddp
     from attnseg.training.trainer import train
 
     try:
@@ -125,6 +130,8 @@ def train_command(
         if not getattr(cfg, required):
             raise ConfigError("is required (or set it in the --config recipe)", option=required)
     summary = train(cfg, resume=resume, progress=not quiet)
+    if not ddp.is_main():
+        return  # under torchrun, rank 0 speaks for the run
     console = Console()
     console.print(
         f"[green]done[/]: {summary['iterations']} iterations ({summary['epochs']} epochs of "

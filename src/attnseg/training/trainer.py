@@ -74,6 +74,39 @@ def get_trainer(name: str) -> type[Trainer]:
     return _TRAINERS[name]
 
 
+VALIDATION_SHARE = 0.1  # the default schedule keeps validation within this share of the training compute
+
+
+def validation_interval(
+    val_shapes: list[tuple[int, ...]],
+    *,
+    input_size: list[int],
+    spatial_dims: int,
+    geometry: str,
+    batch_size: int,
+    iterations_per_epoch: int,
+) -> int:
+    """The default ``val_every``: once per epoch, or less often when one validation pass would cost more than
+    ``VALIDATION_SHARE`` of the training steps between two validations.
+
+    The cost is counted in network forward passes on ``input_size`` inputs: a validation pass runs one per sliding
+    window (50 % overlap; one per slice for a 2D model on a volume, one per image under ``resize``), a training step
+    about ``3 * batch_size`` (forward and backward; ``batch_size`` is the global batch). Counting instead of timing
+    keeps the schedule, and so the choice of ``best``, the same on every machine.
+    """
+
+    def windows(length: int, window: int) -> int:
+        return 1 if length <= window else math.ceil((length - window) / (window / 2)) + 1
+
+    passes = 0
+    for shape in val_shapes:
+        planes, slices = shape[:spatial_dims], math.prod(shape[spatial_dims:])  # a 2D model's volume: Z slices
+        per_plane = 1 if geometry == "resize" else math.prod(map(windows, planes, input_size))
+        passes += per_plane * slices
+    bounded = math.ceil(passes / (VALIDATION_SHARE * 3 * batch_size))
+    return max(iterations_per_epoch, bounded)
+
+
 def _memory_format(ndim: int) -> torch.memory_format:
     """The channels-last format of a tensor (or a model's inputs) with ``ndim`` dimensions."""
     return torch.channels_last if ndim == 4 else torch.channels_last_3d
@@ -236,7 +269,14 @@ class Trainer:
         world = ddp.world_size()
         self.iterations_per_epoch = c.iterations_per_epoch or max(1, math.ceil(samples / (c.batch_size * world)))
         self.total_iterations = c.total_iterations(self.iterations_per_epoch)
-        self.val_every = c.val_every or self.iterations_per_epoch
+        self.val_every = c.val_every or validation_interval(
+            [case.image.shape[1:] for case in self.val_cases],
+            input_size=c.input_size,
+            spatial_dims=self.spatial_dims,
+            geometry=c.geometry,
+            batch_size=c.batch_size * world,
+            iterations_per_epoch=self.iterations_per_epoch,
+        )
         self.loss_fn = self.build_loss(num_classes)
 
         has_run = self.run_dir.checkpoint_paths("last")[1].exists()
