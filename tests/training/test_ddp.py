@@ -253,9 +253,9 @@ def test_each_process_of_a_multi_gpu_launch_takes_the_gpu_of_its_local_rank(monk
 # ------------------------------------------------------------------------------------------------- all models
 def _launcher():
     """``ddp_all_models.py`` as a module (its run configuration and dropout switch are shared with the references)."""
-    spec = importlib.util.spec_from_file_location("ddp_all_models", LAUNCHER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    location = importlib.util.spec_from_file_location("ddp_all_models", LAUNCHER)
+    module = importlib.util.module_from_spec(location)
+    location.loader.exec_module(module)
     return module
 
 
