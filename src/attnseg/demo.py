@@ -1,9 +1,14 @@
 """``attnseg demo``: train a small 2D U-Net on the bundled abdominal CT, then evaluate it on a held-out scan.
 
 The bundled dataset (``attnseg/demo_data``, from the TotalSegmentator 2.18.0 source distribution, Apache-2.0) has
-two training parts of one trunk CT (upper part: training; lower part: validation, used only for checkpoint
-selection) and a different, contrast-enhanced scan for testing (from a DICOM series). Geometry matters: the scans
-differ in orientation, spacing and field of view, so the demo uses the ``spacing`` mode (RAS, 1.5 mm in-plane).
+two training parts of one trunk CT (upper part: training; lower part: validation, for monitoring) and a different,
+contrast-enhanced scan for testing (from a DICOM series). Geometry matters: the scans differ in orientation, spacing
+and field of view, so the demo uses the ``spacing`` mode (RAS, 2 mm in-plane).
+
+The held-out scan is segmented with the final checkpoint (``last``, nnU-Net's default), not the one the validation
+part selects: that part (pelvis and lower abdomen) has no spleen, stomach or pancreas, so its Dice says little about
+the test scan, and selecting on it picked checkpoints from the first half of training (spleen Dice 0.61-0.79 over
+three seeds, against 0.71-0.91 for ``last`` in the earlier 1.5 mm / 160x160 recipe).
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ DEMO_ITERATIONS = 400
 
 
 def demo_config(out: Path, iterations: int = DEMO_ITERATIONS, device: str = "auto") -> Any:
-    """The demo's training recipe: tiny 2D U-Net, 1.5 mm in-plane, 160x160 crops, foreground oversampling."""
+    """The demo's training recipe: tiny 2D U-Net, 2 mm in-plane, 192x192 crops (384 mm: the whole trunk's width,
+    so left and right organs are told apart by where they lie), foreground oversampling."""
     from attnseg.config import AugmentConfig, TrainConfig
 
     return TrainConfig(
@@ -43,8 +49,8 @@ def demo_config(out: Path, iterations: int = DEMO_ITERATIONS, device: str = "aut
         out=str(out / "run"),
         fold="fold0",
         iterations=iterations,
-        batch_size=8,
-        input_size=[160, 160],
+        batch_size=6,  # 6 x 192^2 pixels per step: about the compute of the former 8 x 160^2
+        input_size=[192, 192],
         optimizer="adamw",
         lr=3e-3,
         weight_decay=1e-4,
@@ -55,7 +61,7 @@ def demo_config(out: Path, iterations: int = DEMO_ITERATIONS, device: str = "aut
         seed=42,
         device=device,
         geometry="spacing",
-        target_spacing=[1.5, 1.5],
+        target_spacing=[2.0, 2.0],
         foreground_prob=0.66,
         num_workers=0,  # sampling costs ~5 ms per slice: on a 2-core CPU a worker process only competes with torch
         # the test scan is contrast-enhanced (liver ~90 HU), the training scan is not (~45 HU): shift intensities
@@ -126,10 +132,11 @@ def run_demo(
     if resume:
         console.print(f"continuing the existing run in {cfg.out}")
     train(cfg, resume=resume, progress=progress)
-    summary = evaluate_on_test(Path(cfg.out), out, device=str(resolve_device(device)))
+    summary = evaluate_on_test(Path(cfg.out), out, checkpoint="last", device=str(resolve_device(device)))
     summary["demo"] = {
         "train_config": dataclasses.asdict(cfg),
         "test_cases": test_ids,
+        "checkpoint": "last",
         "note": "organs absent from the test scan count as correct only if nothing is predicted",
     }
     save_summary(summary, out / "summary.json")

@@ -11,7 +11,7 @@ __all__ = ["demo_command"]
 
 def demo_command(
     out: Path = typer.Option(Path("attnseg-demo"), "--out", "-o", help="Output folder."),
-    iterations: int = typer.Option(400, help="Training iterations (batch 8)."),
+    iterations: int = typer.Option(400, help="Training iterations (batch 6)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
 ) -> None:
     """Train a small U-Net on the bundled abdominal CT for a few minutes, evaluate on a held-out scan, write
