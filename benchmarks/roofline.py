@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from attnseg.bench.report import environment_info
-from attnseg.io import write_json, write_text
+from attnseg.bench.report import environment_info, save_results
 from attnseg.models import create_model, model_info
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -142,9 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": rows,
         "environment": environment_info(),
     }
-    write_json(args.results / "roofline.json", doc)
-    write_text(args.results / "roofline.md", markdown(doc))
-    print(markdown(doc))
+    save_results(args.results, "roofline", doc, markdown(doc))
     return 0
 
 

@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from attnseg.bench.report import environment_info
-from attnseg.io import write_json, write_text
+from attnseg.bench.report import environment_info, save_results
 from attnseg.study.config import load_study
 from attnseg.study.runner import JOB_FILE, jobs_of, run_study
 
@@ -111,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = measure(args.study.resolve(), args.out)
     if not args.keep:
         shutil.rmtree(args.out, ignore_errors=True)
-    write_json(args.results / "study_overhead.json", doc)
-    write_text(args.results / "study_overhead.md", markdown(doc))
-    print(markdown(doc))
+    save_results(args.results, "study_overhead", doc, markdown(doc))
     return 1 if doc["failed"] else 0
 
 

@@ -33,10 +33,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the synthetic-data generator of the t
 
 from synthetic import make_rgb_dataset  # noqa: E402
 
-from attnseg.bench.report import environment_info  # noqa: E402
+from attnseg.bench.report import environment_info, save_results  # noqa: E402
 from attnseg.config import TrainConfig  # noqa: E402
 from attnseg.demo import demo_dataset_path  # noqa: E402
-from attnseg.io import write_json, write_text  # noqa: E402
 from attnseg.training.trainer import Trainer, train  # noqa: E402
 
 
@@ -139,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "datasets": rows,
         "environment": environment_info(),
     }
-    write_json(args.results / "trainer_overhead.json", doc)
-    write_text(args.results / "trainer_overhead.md", markdown(doc))
-    print(markdown(doc))
+    save_results(args.results, "trainer_overhead", doc, markdown(doc))
     return 0
 
 

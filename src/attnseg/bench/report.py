@@ -23,6 +23,7 @@ __all__ = [
     "run_benchmark",
     "render_table",
     "format_count",
+    "save_results",
 ]
 
 SCHEMA = "attnseg.bench/1"
@@ -282,3 +283,14 @@ def render_table(record: dict[str, Any]) -> Any:
         f"{record['environment']['host']['cpu']}"
     )
     return table
+
+
+def save_results(folder: str | os.PathLike, stem: str, doc: dict[str, Any], markdown: str) -> None:
+    """A benchmark's record: ``FOLDER/STEM.json`` (the figures) and ``FOLDER/STEM.md`` (their table), also printed."""
+    from pathlib import Path
+
+    from attnseg.io import write_json, write_text
+
+    write_json(Path(folder) / f"{stem}.json", doc)
+    write_text(Path(folder) / f"{stem}.md", markdown)
+    print(markdown)
