@@ -70,17 +70,18 @@ def _prepare(path: Path, suffix: str | None) -> Path:
 
 
 @contextmanager
-def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+def atomic_paths(*paths: str | os.PathLike, suffix: str | None = None) -> Iterator[list[Path]]:
     """Yield a temporary path next to each of ``paths``; once all are written, they are synced to disk and then
     renamed over their destinations one right after the other; on failure all are deleted.
 
     Files that belong together (a checkpoint's weights and its training state) are replaced within microseconds of
     each other, so a crash almost never separates them, and never leaves a half-written file under its name.
+    ``suffix``: see :func:`atomic_path`.
     """
     tmps: list[Path] = []
     try:
         for path in paths:
-            tmps.append(_prepare(Path(path), None))
+            tmps.append(_prepare(Path(path), suffix))
         yield list(tmps)
         for tmp in tmps:  # on disk before the renames, so a crash leaves the old file or the new one
             with open(tmp, "rb+") as fh:
@@ -103,17 +104,8 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
         suffix: suffix of the temporary file (writers that pick the format from the name need the real one, e.g.
             ``.nii.gz``). Defaults to the destination's last suffix.
     """
-    path = Path(path)
-    tmp = _prepare(path, suffix)
-    try:
+    with atomic_paths(path, suffix=suffix) as (tmp,):
         yield tmp
-        with open(tmp, "rb+") as fh:  # on disk before the rename, so a crash leaves the old file or the new one
-            os.fsync(fh.fileno())
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def atomic_write(
