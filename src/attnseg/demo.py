@@ -8,7 +8,9 @@ and field of view, so the demo uses the ``spacing`` mode (RAS, 2 mm in-plane).
 The held-out scan is segmented with the final checkpoint (``last``, nnU-Net's default), not the one the validation
 part selects: that part (pelvis and lower abdomen) has no spleen, stomach or pancreas, so its Dice says little about
 the test scan, and selecting on it picked checkpoints from the first half of training (spleen Dice 0.61-0.79 over
-three seeds, against 0.71-0.91 for ``last`` in the earlier 1.5 mm / 160x160 recipe).
+three seeds, against 0.71-0.91 for ``last`` in the earlier 1.5 mm / 160x160 recipe). Each organ then keeps its
+largest connected component (nnU-Net's postprocessing; ``attnseg predict --keep-largest all``): every demo organ is one
+piece, and the islands removed are false positives (spleen Dice +0.04 on earlier runs).
 """
 
 from __future__ import annotations
@@ -82,10 +84,11 @@ def evaluate_on_test(
     device: str = "cpu",
     overlays: bool = True,
     protocol: str = "strict",
+    keep_largest: bool = False,
 ) -> dict[str, Any]:
-    """Predict the dataset's test split with a trained run, save masks (and overlays), return the summary dict."""
-    import numpy as np
+    """Predict the dataset's test split with a trained run, save masks (and overlays), return the summary dict.
 
+    ``keep_largest``: keep each organ's largest connected component (``attnseg predict --keep-largest all``)."""
     from attnseg.data.io import read_image, read_label, write_image
     from attnseg.data.layout import load_dataset, load_splits
     from attnseg.evaluation.evaluate import evaluate_arrays
@@ -93,6 +96,8 @@ def evaluate_on_test(
     from attnseg.inference.predictor import Predictor
 
     predictor = Predictor.from_run(run_dir, checkpoint=checkpoint, device=device)
+    if keep_largest:
+        predictor.keep_largest = tuple(range(1, predictor.num_classes))
     info = load_dataset(RunDir(run_dir).read_model()["dataset"])
     test_ids = load_splits(info, write_if_missing=False)["test"]
     pairs = []
@@ -100,7 +105,7 @@ def evaluate_on_test(
         case = info.cases[cid]
         image, meta = read_image(case.images[0])
         gt, _ = read_label(case.label)
-        labels = predictor.predict_case(image, meta).argmax(0).astype(np.uint8)
+        labels = predictor.labels(predictor.predict_case(image, meta))
         write_image(labels, meta, out / "predictions" / f"{cid}{info.file_ending}")
         if overlays:
             save_overlay(out / "overlays" / f"{cid}.png", image, labels, gt, affine=meta.affine)
@@ -132,11 +137,14 @@ def run_demo(
     if resume:
         console.print(f"continuing the existing run in {cfg.out}")
     train(cfg, resume=resume, progress=progress)
-    summary = evaluate_on_test(Path(cfg.out), out, checkpoint="last", device=str(resolve_device(device)))
+    summary = evaluate_on_test(
+        Path(cfg.out), out, checkpoint="last", device=str(resolve_device(device)), keep_largest=True
+    )
     summary["demo"] = {
         "train_config": dataclasses.asdict(cfg),
         "test_cases": test_ids,
         "checkpoint": "last",
+        "postprocess": "largest connected component per organ (attnseg predict --keep-largest all)",
         "note": "organs absent from the test scan count as correct only if nothing is predicted",
     }
     save_summary(summary, out / "summary.json")

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from attnseg.cli.args import join_multi_value_options
 from attnseg.cli.main import app
+from attnseg.inference.postprocess import keep_largest_component
 
 runner = CliRunner()
 
@@ -220,3 +221,17 @@ def test_continue_finishes_a_killed_folder_prediction_as_an_uninterrupted_run(ct
             np.testing.assert_array_equal(resumed[name][1], affine, err_msg=name)
     again = " ".join(_predict(ct_run, folder, out, *extra, "--continue").output.split())
     assert "0 of 0 case(s)" in again and "(24 skipped" in again
+
+
+def test_predict_keep_largest_equals_the_postprocessed_plain_prediction(ct_run, ct_dataset, tmp_path):
+    image = ct_dataset / "imagesTs" / "test000_0000.nii.gz"
+    assert _predict(ct_run, image, tmp_path / "plain").exit_code == 0
+    result = _predict(ct_run, image, tmp_path / "post", "--keep-largest", "all")
+    assert result.exit_code == 0, result.output
+    plain = np.asarray(nib.load(tmp_path / "plain" / "test000.nii.gz").dataobj)
+    post = np.asarray(nib.load(tmp_path / "post" / "test000.nii.gz").dataobj)
+    assert (post != plain).any()  # the tiny run's map has islands, so the option is seen to act
+    np.testing.assert_array_equal(post, keep_largest_component(plain, (1, 2)))
+    bad = _predict(ct_run, image, tmp_path / "bad", "--keep-largest", "kidney")
+    assert bad.exit_code == 2 and "--keep-largest: 'kidney' is not a foreground class" in bad.output
+    assert not (tmp_path / "bad").exists()

@@ -25,6 +25,12 @@ def predict_command(
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write CASE_probabilities.npz."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     amp: str = typer.Option("none", "--amp", help="none | bf16 (autocast on CUDA and CPU)."),
+    keep_largest: str = typer.Option(
+        "",
+        "--keep-largest",
+        help="all, or label names/ids (liver,spleen): keep only each class's largest connected component "
+        "(nnU-Net's postprocessing; for structures that are one piece).",
+    ),
     resume: bool = typer.Option(
         False, "--continue", help="Skip cases whose outputs (mask, and what else is asked) all exist already."
     ),
@@ -37,6 +43,7 @@ def predict_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from attnseg.config import ConfigError
+    from attnseg.inference.postprocess import parse_classes
     from attnseg.inference.predictor import find_inputs, load_run
 
     if checkpoint not in ("best", "last"):
@@ -46,6 +53,8 @@ def predict_command(
     predictor = load_run(
         runs[0] if len(runs) == 1 else runs, checkpoint=checkpoint, device=device, amp=amp
     )  # the API's loader
+    if keep_largest:
+        predictor.keep_largest = parse_classes(keep_largest, predictor.label_names, max(predictor.num_classes, 2))
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output}: is a file; give a folder for the masks")
     items = find_inputs(input, predictor.files_per_case)

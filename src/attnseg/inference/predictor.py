@@ -40,6 +40,7 @@ from attnseg.data.preprocess import Plan, preprocess_case, restore_geometry
 from attnseg.errors import AttnsegError
 from attnseg.inference.arrays import image_from_array
 from attnseg.inference.overlay import save_overlay
+from attnseg.inference.postprocess import keep_largest_component
 from attnseg.inference.sliding_window import predict_probabilities
 from attnseg.io import atomic_write
 from attnseg.models.registry import create_model
@@ -122,6 +123,7 @@ class Predictor:
     batch_size: int = 8
     num_classes: int = 2  # output logits (1 for a binary sigmoid model)
     autocast: bool = False  # bf16 autocast (CUDA or CPU); the probabilities are float32 either way
+    keep_largest: tuple[int, ...] = ()  # classes reduced to their largest connected component (--keep-largest)
 
     @classmethod
     def from_run(
@@ -216,7 +218,7 @@ class Predictor:
         """
         array, meta = image_from_array(image, self.plan, affine=affine, spacing=spacing)
         probs = self.predict_case(self._model_channels(array, meta), meta, tta=tta)
-        labels = labels_from_probabilities(probs)
+        labels = self.labels(probs)
         return (labels, probs.astype(np.float32, copy=False)) if return_probabilities else labels
 
     def predict_files(
@@ -269,7 +271,12 @@ class Predictor:
         """Read one input and predict it: ``(image, meta, probabilities, labels)``, the path of ``attnseg predict``."""
         image, meta = self.read(item)
         probs = self.predict_case(image, meta, tta=tta)
-        return image, meta, probs, labels_from_probabilities(probs)
+        return image, meta, probs, self.labels(probs)
+
+    def labels(self, probs: np.ndarray) -> np.ndarray:
+        """The label map of probabilities ``[classes, *spatial]``: argmax, then ``keep_largest``'s components."""
+        labels = labels_from_probabilities(probs)
+        return keep_largest_component(labels, self.keep_largest) if self.keep_largest else labels
 
     def predict_case(self, image: np.ndarray, meta: ImageMeta, *, tta: bool = False) -> np.ndarray:
         """Class probabilities ``[classes, *spatial]`` on the original grid of ``image`` ``[C, *spatial]``."""
@@ -427,6 +434,7 @@ _PREDICTOR_FIELDS = (
     "batch_size",
     "num_classes",
     "autocast",
+    "keep_largest",
 )
 
 
