@@ -81,3 +81,56 @@ def train_tiny(data: Path, out: Path, **changes) -> Path:
     base.update(num_workers=0, val_every=2, augment=AugmentConfig(0, 0, 0))
     train(TrainConfig(data=str(data), out=str(out), **{**base, **changes}), progress=False)
     return out
+
+
+def write_dicom_series(
+    folder: Path,
+    hu: np.ndarray,
+    *,
+    origin,
+    row_direction,
+    column_direction,
+    spacing=(1.5, 1.5, 3.0),
+    reverse_files: bool = False,
+    uids: dict | None = None,
+) -> Path:
+    """A single-frame CT series of ``hu`` ``[slices, rows, columns]`` (int16 HU) into ``folder``: slice ``s``, pixel
+    ``(r, c)`` lies at ``origin + c * spacing[1] * row_direction + r * spacing[0] * column_direction + s *
+    spacing[2] * normal`` (LPS mm, PS3.3 C.7.6.2.1.1; ``spacing`` is row spacing, column spacing, slice spacing;
+    normal = row x column direction). ``reverse_files`` writes the last slice as file 0 (file order is no
+    geometry). ``uids`` (study, series, frame_of_reference) are shared with another series when given."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    row, column = np.asarray(row_direction, float), np.asarray(column_direction, float)
+    normal = np.cross(row, column)
+    uids = uids or {}
+    study, series = uids.get("study", generate_uid()), uids.get("series", generate_uid())
+    frame_of_reference = uids.get("frame_of_reference", generate_uid())
+    n = hu.shape[0]
+    for s in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientName, ds.PatientID = "CT", "Synthetic^Series", "attnseg-test"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame_of_reference
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.SeriesNumber = "20240101", "000000", "1", 1
+        ds.InstanceNumber = s + 1
+        ds.ImagePositionPatient = [round(float(v), 4) for v in np.asarray(origin, float) + s * spacing[2] * normal]
+        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row, *column)]
+        ds.PixelSpacing = [spacing[0], spacing[1]]
+        ds.SliceThickness = spacing[2]
+        ds.Rows, ds.Columns = hu.shape[1], hu.shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = (hu[s].astype(np.int32) + 1024).clip(0, 65535).astype(np.uint16).tobytes()
+        name = n - 1 - s if reverse_files else s
+        ds.save_as(folder / f"img{name:03d}.dcm", enforce_file_format=True)
+    return folder

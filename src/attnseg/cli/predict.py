@@ -19,6 +19,13 @@ def predict_command(
     ),
     input: Path = typer.Option(..., "--input", "-i", help="Image file, DICOM series folder, or a folder of them."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the masks (same geometry as the input)."),
+    formats: list[str] = typer.Option(
+        [],
+        "--format",
+        help="nifti | dicom-seg | rtstruct | png; repeat it for several (default: the input's format, NIfTI for a "
+        "DICOM series). dicom-seg (CASE_seg.dcm) and rtstruct (CASE_rtstruct.dcm) reference a DICOM series input "
+        '(pip install "attnseg[dicom]"; README "Clinical outputs").',
+    ),
     checkpoint: str = typer.Option("best", help="best | last."),
     tta: bool = typer.Option(False, "--tta", help="Average over in-plane flips (test-time augmentation)."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write overlays/CASE.png (image | prediction)."),
@@ -43,11 +50,18 @@ def predict_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from attnseg.config import ConfigError
+    from attnseg.data.dicom_out import require_dicom_libraries
     from attnseg.inference.postprocess import parse_classes
-    from attnseg.inference.predictor import find_inputs, load_run
+    from attnseg.inference.predictor import FORMATS, find_inputs, load_run
 
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint must be best or last, got {checkpoint!r}")
+    formats = list(dict.fromkeys(formats))
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ConfigError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
+        if fmt in ("dicom-seg", "rtstruct"):
+            require_dicom_libraries(fmt)
     if len(set(runs)) < len(runs):
         raise ConfigError("--run: the same run directory is given twice")
     predictor = load_run(
@@ -60,6 +74,15 @@ def predict_command(
     items = find_inputs(input, predictor.files_per_case)
     if not items:
         raise ConfigError(f"--input {input}: no images found")
+    for fmt in (f for f in formats if f in ("dicom-seg", "rtstruct")):
+        other = next((item for item in items if not item.is_dicom), None)
+        if other is not None:  # refused before anything is written
+            what = "a SEG" if fmt == "dicom-seg" else "an RT Structure Set"
+            culprit = f"a folder holding {other.paths[0].name}, which is not" if other.paths[0] != input else "not"
+            raise ConfigError(
+                f"--format {fmt}: needs a DICOM series input ({what} references its source instances); "
+                f"--input {input} is {culprit} a DICOM series folder"
+            )
     found = len(items)
     if resume:
         items = [
@@ -67,7 +90,9 @@ def predict_command(
             for item in items
             if not all(
                 p.is_file()
-                for p in predictor.output_paths(item, output, overlay=overlay, probabilities=probabilities).values()
+                for p in predictor.output_paths(
+                    item, output, overlay=overlay, probabilities=probabilities, formats=formats
+                ).values()
             )
         ]
     console = Console(stderr=True, soft_wrap=True)  # whole paths in the failure lines, not folded
@@ -86,7 +111,7 @@ def predict_command(
             progress.update(task, advance=1, description=item.case_id)
 
         failures = predictor.predict_inputs(
-            items, output, tta=tta, overlay=overlay, probabilities=probabilities, on_done=done
+            items, output, tta=tta, overlay=overlay, probabilities=probabilities, formats=formats, on_done=done
         )
     ok = len(items) - len(failures)
     skipped = f" ({found - len(items)} skipped: already complete)" if resume else ""

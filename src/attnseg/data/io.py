@@ -227,8 +227,54 @@ def _read_dicom_series(path: Path) -> tuple[np.ndarray, ImageMeta]:
         raise ImageReadError(path, "no DICOM series found in this folder")
     if len(series) > 1:
         raise ImageReadError(path, f"folder holds {len(series)} DICOM series; put each series in its own folder")
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+    files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+    _check_slice_geometry(path, files)
+    reader.SetFileNames(files)
     return _from_itk_image(reader.Execute(), path, "dicom")
+
+
+def _check_slice_geometry(path: Path, files: tuple[str, ...]) -> None:
+    """One orientation and evenly spaced positions for the slices of a series (PS3.3 C.7.6.2 Image Plane Module);
+    a series whose files lack these tags (e.g. one multi-frame file) is left to SimpleITK."""
+    import SimpleITK as sitk
+
+    positions, orientations = [], []
+    for name in files:
+        header = sitk.ImageFileReader()
+        header.SetFileName(name)
+        header.ReadImageInformation()
+        if not (header.HasMetaDataKey("0020|0032") and header.HasMetaDataKey("0020|0037")):
+            return
+        try:
+            positions.append([float(v) for v in header.GetMetaData("0020|0032").split("\\")])
+            orientations.append([float(v) for v in header.GetMetaData("0020|0037").split("\\")])
+        except ValueError:
+            raise ImageReadError(name, "Image Position/Orientation (Patient) is not a list of numbers") from None
+    if len(files) < 2:
+        return
+    for name, orientation in zip(files[1:], orientations[1:]):
+        if len(orientation) != 6 or not np.allclose(orientation, orientations[0], atol=1e-4):
+            raise ImageReadError(
+                path,
+                f"inconsistent slice orientation: {Path(name).name} has Image Orientation (Patient) "
+                f"{orientation}, {Path(files[0]).name} has {orientations[0]}; one series must have one orientation",
+            )
+    normal = np.cross(orientations[0][:3], orientations[0][3:])
+    along = np.sort(np.asarray(positions, dtype=float) @ normal)
+    steps = np.diff(along)
+    step = float(np.median(steps))
+    if step < 1e-3:
+        raise ImageReadError(path, "two or more slices share one position; is a series duplicated in this folder?")
+    uneven = np.flatnonzero(np.abs(steps - step) > max(0.01, 0.05 * step))
+    if uneven.size:
+        at = int(uneven[0])
+        missing = round(steps[at] / step) - 1
+        what = f"{missing} missing slice(s)?" if missing >= 1 else "uneven spacing"
+        raise ImageReadError(
+            path,
+            f"slice gap: {steps[at]:.2f} mm between the slices at {along[at]:.2f} and {along[at + 1]:.2f} mm "
+            f"along the slice normal, the others are {step:.2f} mm apart ({what}); the series is incomplete",
+        )
 
 
 def _read_natural_2d(path: Path, label: bool = False) -> tuple[np.ndarray, ImageMeta]:

@@ -6,7 +6,8 @@ of several runs (nnU-Net's fold ensemble), each run with its own preprocessing, 
 
 ``predict_case`` maps an image in its original geometry to a label map on exactly the same grid: preprocessing
 (reorientation, resampling, normalisation) runs forward, the probabilities run backward through the inverse, and the
-mask is written with the input's affine / spacing / origin / direction. A DICOM series folder is written as NIfTI.
+mask is written with the input's affine / spacing / origin / direction. A DICOM series folder is written as NIfTI,
+or (``formats``) as a DICOM SEG / RT Structure Set referencing the series (:mod:`attnseg.data.dicom_out`).
 
 The Python API (``attnseg.load_run``, README "Python API") is this module: :func:`load_run` is the loader the CLI
 uses, ``Predictor.predict`` takes arrays in memory (their conventions in :mod:`attnseg.inference.arrays`) and
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnseg.data.dicom_out import Algorithm, write_dicom_seg, write_rtstruct
 from attnseg.data.io import (
     SUPPORTED_SUFFIXES,
     ImageMeta,
@@ -47,6 +49,7 @@ from attnseg.models.registry import create_model
 from attnseg.runs import RunDir, RunError
 
 __all__ = [
+    "FORMATS",
     "Ensemble",
     "Predictor",
     "PredictionInput",
@@ -55,6 +58,10 @@ __all__ = [
     "labels_from_probabilities",
     "load_run",
 ]
+
+
+FORMATS = ("nifti", "dicom-seg", "rtstruct", "png")  # the mask formats predict_inputs writes
+_FORMAT_FILES = {"nifti": ".nii.gz", "png": ".png", "dicom-seg": "_seg.dcm", "rtstruct": "_rtstruct.dcm"}
 
 
 @dataclass
@@ -124,6 +131,8 @@ class Predictor:
     num_classes: int = 2  # output logits (1 for a binary sigmoid model)
     autocast: bool = False  # bf16 autocast (CUDA or CPU); the probabilities are float32 either way
     keep_largest: tuple[int, ...] = ()  # classes reduced to their largest connected component (--keep-largest)
+    model_name: str = ""  # the registry name (model.json), named in DICOM outputs
+    run_name: str = ""  # the run directory's name, named in DICOM outputs
 
     @classmethod
     def from_run(
@@ -147,6 +156,8 @@ class Predictor:
             device=device,
             num_classes=int(build["num_classes"]),
             autocast=autocast,
+            model_name=str(build["name"]),
+            run_name=Path(run_dir).resolve().name,
         )
 
     @property
@@ -297,20 +308,59 @@ class Predictor:
 
     @staticmethod
     def output_paths(
-        item: PredictionInput, output_dir: str | Path, *, overlay: bool = False, probabilities: bool = False
+        item: PredictionInput,
+        output_dir: str | Path,
+        *,
+        overlay: bool = False,
+        probabilities: bool = False,
+        formats: Sequence[str] = (),
     ) -> dict[str, Path]:
-        """The files :meth:`predict_inputs` writes for ``item``: ``mask`` and, when asked, ``probabilities`` and
-        ``overlay``. Each is written atomically, so a case whose files all exist is complete (``--continue``)."""
+        """The files :meth:`predict_inputs` writes for ``item``: ``mask`` (the input's own format; without
+        ``formats``) or one per format of ``formats`` (keyed by it: ``CASE.nii.gz``, ``CASE.png``, ``CASE_seg.dcm``,
+        ``CASE_rtstruct.dcm``) and, when asked, ``probabilities`` and ``overlay``. Each is written atomically, so a
+        case whose files all exist is complete (``--continue``)."""
         out = Path(output_dir)
         suffix = ".nii.gz" if item.is_dicom else image_suffix(item.paths[0])
         if suffix in (".jpg", ".jpeg"):
             suffix = ".png"  # masks must be lossless
-        paths = {"mask": out / f"{item.case_id}{suffix}"}
+        unknown = [f for f in formats if f not in FORMATS]
+        if unknown:
+            raise ValueError(f"unknown output format {unknown[0]!r}; formats: {', '.join(FORMATS)}")
+        paths = {f: out / f"{item.case_id}{_FORMAT_FILES[f]}" for f in formats}
+        if not formats:
+            paths["mask"] = out / f"{item.case_id}{suffix}"
         if probabilities:
             paths["probabilities"] = out / f"{item.case_id}_probabilities.npz"
         if overlay:  # in a subfolder, so a PNG dataset's prediction folder holds only masks (evaluate reads it)
             paths["overlay"] = out / "overlays" / f"{item.case_id}.png"
         return paths
+
+    def algorithm(self) -> Algorithm:
+        """The segmentation algorithm as DICOM outputs name it: model, run and attnseg version."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            attnseg_version = version("attnseg")
+        except PackageNotFoundError:  # a source tree on sys.path, not installed
+            attnseg_version = "unknown"
+        return Algorithm(model=self.model_name or "unknown", run=self.run_name or "unknown", version=attnseg_version)
+
+    def write_masks(self, item: PredictionInput, labels: np.ndarray, meta: ImageMeta, paths: dict[str, Path]) -> None:
+        """Write ``labels`` to the mask files of ``paths`` (keys ``mask`` and :data:`FORMATS`); the case's input
+        is checked against every format before the first file is written."""
+        if "png" in paths and meta.ndim != 2:
+            raise ImageReadError(item.paths[0], "is a volume; png masks are 2D only (write nifti)")
+        for fmt in ("dicom-seg", "rtstruct"):
+            if fmt in paths and not item.is_dicom:
+                raise ImageReadError(item.paths[0], f"is not a DICOM series; {fmt} references a series' instances")
+        for key in ("mask", "nifti", "png"):
+            if key in paths:
+                write_image(labels, meta, paths[key])
+        if "dicom-seg" in paths:
+            names = self.label_names
+            write_dicom_seg(labels, meta.affine, item.paths[0], paths["dicom-seg"], names, self.algorithm())
+        if "rtstruct" in paths:
+            write_rtstruct(labels, meta.affine, item.paths[0], paths["rtstruct"], self.label_names)
 
     def predict_inputs(
         self,
@@ -320,16 +370,21 @@ class Predictor:
         tta: bool = False,
         overlay: bool = False,
         probabilities: bool = False,
+        formats: Sequence[str] = (),
         on_done: Callable[[PredictionInput, Exception | None], None] | None = None,
     ) -> dict[str, str]:
-        """Predict each input into ``output_dir``; returns ``{case: error message}`` for inputs that failed."""
+        """Predict each input into ``output_dir``; returns ``{case: error message}`` for inputs that failed.
+
+        ``formats``: the mask files to write (:data:`FORMATS`; see :meth:`output_paths`); none: the input's own
+        format (NIfTI for a DICOM series). ``dicom-seg`` and ``rtstruct`` need DICOM series inputs, ``png`` 2D ones.
+        """
         failures: dict[str, str] = {}
         for item in items:
             error: Exception | None = None
-            paths = self.output_paths(item, output_dir, overlay=overlay, probabilities=probabilities)
+            paths = self.output_paths(item, output_dir, overlay=overlay, probabilities=probabilities, formats=formats)
             try:
                 image, meta, probs, labels = self.predict_item(item, tta=tta)
-                write_image(labels, meta, paths["mask"])
+                self.write_masks(item, labels, meta, paths)
                 if probabilities:
                     half = probs.astype(np.float16)
                     atomic_write(
@@ -378,7 +433,9 @@ class Ensemble(Predictor):
             ):
                 if mine != theirs:
                     raise RunError(f"{run_dir}: {what} {mine} differ from {run_dirs[0]}'s {theirs}; cannot ensemble")
-        return cls(**{f: getattr(first, f) for f in _PREDICTOR_FIELDS}, members=members)
+        names = {"model_name": "+".join(dict.fromkeys(m.model_name for m in members))}
+        names["run_name"] = "+".join(Path(r).resolve().name for r in run_dirs)
+        return cls(**{f: getattr(first, f) for f in _PREDICTOR_FIELDS}, **names, members=members)
 
     def predict_case(self, image: np.ndarray, meta: ImageMeta, *, tta: bool = False) -> np.ndarray:
         total = self.members[0].predict_case(image, meta, tta=tta)
