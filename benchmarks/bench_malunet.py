@@ -1,219 +1,366 @@
-"""CPU latency and peak memory of ``malunet`` at 256x256, batch 1 and 8, against a straightforward implementation.
+"""CPU speed of ``malunet`` against the official MALUNet and against its own reference path, plus peak memory.
 
-What is measured (per implementation, batch size and intra-op thread count):
+Implementations (same weights: the official model's initial state dict, loaded into ours with
+``attnseg.models.from_official``; same input):
+
+- ``official``: ``models.malunet.MALUNet`` of github.com/JCruan519/MALUNet at commit e184b47, imported at run time
+  from ``--official DIR`` (the directory is put on ``sys.path``; nothing of it is copied). Its forward ends with a
+  sigmoid.
+- ``attnseg``: ``attnseg.models.malunet.MALUNet`` as shipped (``impl="fast"``; see the model's module docstring and
+  docs/models/malunet.md "Fast CPU path"), with ``torch.sigmoid`` applied to its logits so both do the same work.
+- ``reference``: ours with ``impl="reference"`` (the official op sequence; the "straightforward" implementation of
+  earlier versions of this script).
+
+What is measured, per batch size (1 and 8) at 256x256, 3 input channels, 1 class, fp32, ``--threads`` intra-op
+threads (default 1):
 
 - ``forward``: eval mode under ``torch.no_grad()``.
-- ``forward_backward``: train mode, ``logits.mean().backward()`` (gradients reset with ``set_to_none``; no optimizer).
-- Latency: wall clock (``time.perf_counter``) after ``--warmup`` untimed iterations; median, IQR (q1, q3), min over
-  ``--runs`` timed iterations, and the process CPU time per iteration. The two implementations are interleaved
-  iteration by iteration, so load from other processes on a shared machine hits both alike. On a loaded machine
-  the process CPU time (``time.process_time``) is the steadier figure: wall clock includes time descheduled, and
-  with 2 threads CPU time includes OpenMP spin-waiting.
-- Peak memory, two honest CPU measures (there is no ``max_memory_allocated`` on CPU):
-  * ``tensor_peak_mib``: peak of live tensor bytes held by PyTorch's CPU allocator during one pass, from the
-    ``torch.profiler`` memory timeline (``profile_memory=True``); ``tensor_peak_increase_mib`` subtracts what was
-    live when the pass started (parameters, input). Allocator-level: excludes malloc overhead and library scratch
-    that is not a tensor.
-  * ``rss_peak_increase_mib``: in a fresh subprocess, the process peak RSS (``getrusage`` ru_maxrss) after one pass
-    minus the RSS just before it (libraries warmed up by one 32x32 pass). OS-level: includes allocator caching,
-    oneDNN scratch and any first-use cost at this shape.
+- ``forward_backward``: train mode, ``probabilities.mean().backward()``, gradients reset with ``set_to_none`` inside
+  the timed call; no optimizer.
+- Before timing, outputs and parameter gradients of ``attnseg`` and ``reference`` are compared with the official
+  ones: output max |diff| / max |official output|; gradient max |diff| over all parameters / the largest official
+  gradient entry (a per-tensor ratio is meaningless for the IEA input-projection biases, whose gradient is exactly
+  zero in real arithmetic: the softmax over pixels cancels them, so both sides hold rounding noise only).
+- Latency: ``--rounds`` rounds; each round runs ``attnseg.bench.speed.time_interleaved`` (the implementations
+  round-robin, call by call, ``--warmup`` untimed calls then ``--runs`` timed ones) and takes the per-round median
+  wall time of each implementation. The speed ratio official / ours is computed per round; we report its median
+  and its spread (min..max over rounds), for wall time and for process CPU time (``time.process_time``, steadier on
+  a shared machine: it excludes time the process was descheduled). ``os.getloadavg()`` is recorded before and
+  after.
+- Profile: ``torch.profiler`` top ops by self CPU time of one batch-8 forward+backward call of ``official`` and
+  ``attnseg`` (after one untimed call).
+- Peak memory of one call (unless ``--no-memory``), two CPU measures (there is no ``max_memory_allocated`` on CPU):
+  ``tensor_peak_increase_mib``, the peak of live tensor bytes over what was live at the start, from the profiler's
+  memory timeline (allocator level); ``rss_peak_increase_mib``, the peak RSS (``ru_maxrss``) increase of one call in
+  a fresh subprocess after a 32x32 warm-up call (OS level: allocator caching and oneDNN scratch included).
 
-Implementations:
+Writes ``benchmarks/results/malunet.json`` and ``.md`` (``attnseg.bench.report.save_results``).
 
-- ``attnseg``: ``attnseg.models.malunet.MALUNet`` as shipped. Its only optimisation: without autograd, the 2x2
-  max-pool runs PyTorch's channels-last CPU kernel (bitwise-identical values); with autograd it is plain NCHW
-  ``F.max_pool2d`` (the layout copies would cost what the faster kernel saves), i.e. the straightforward path.
-- ``straightforward``: the same module with that max-pool replaced by plain ``F.max_pool2d`` on NCHW. Every other
-  op of ``MALUNet`` is already a one-to-one transcription of the architecture (docs/models/malunet.md §1-§2), so
-  this is the straightforward implementation of it; the script checks both give identical outputs.
-
-Usage: ``python benchmarks/bench_malunet.py [--threads 1] [--runs 20] [--out benchmarks/results/malunet.json]``
+Usage: ``python benchmarks/bench_malunet.py [--official /work/.official/MALUNet] [--threads 1] [--rounds 5]
+[--runs 3] [--warmup 1] [--no-memory]``
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
-import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-import attnseg.models.malunet as malunet_module
-from attnseg.bench.speed import make_step, time_interleaved
-from attnseg.models import create_model
+from attnseg.bench.report import environment_info, save_results
+from attnseg.bench.speed import time_interleaved
+from attnseg.models import from_official
+from attnseg.models.malunet import _rename_official  # the official-weights loader's key map
 
 __all__ = ["main"]
 
-IMPLEMENTATIONS = ("attnseg", "straightforward")
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DEFAULT_OFFICIAL = Path("/work/.official/MALUNet")
+OFFICIAL_CLASS = "models.malunet.MALUNet"
+IMPLEMENTATIONS = ("official", "attnseg", "reference")
 MODES = ("forward", "forward_backward")
 SIZE = 256
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "malunet.json"
 
 
-def _plain_pool2(x: torch.Tensor) -> torch.Tensor:
-    return F.max_pool2d(x, 2)
+def import_official(folder: Path) -> type:
+    """The official ``MALUNet`` class, imported from ``folder`` (exit 2 with one line when it is missing)."""
+    if not (folder / "models" / "malunet.py").is_file():
+        print(f"official MALUNet code not found: {folder}/models/malunet.py (pass --official DIR)", file=sys.stderr)
+        raise SystemExit(2)
+    sys.path.insert(0, str(folder))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timm's deprecated import path in the official file
+        from models.malunet import MALUNet  # type: ignore[import-not-found]
+    return MALUNet
 
 
-@contextlib.contextmanager
-def _implementation(name: str) -> Iterator[None]:
-    """Run the block with the module-level max-pool of ``malunet`` set for implementation ``name``."""
-    shipped = malunet_module._pool2
-    malunet_module._pool2 = shipped if name == "attnseg" else _plain_pool2
-    try:
-        yield
-    finally:
-        malunet_module._pool2 = shipped
+def build(name: str, official_cls: type, seed: int = 0) -> torch.nn.Module:
+    """Implementation ``name`` with the weights of a seeded official model."""
+    torch.manual_seed(seed)
+    with contextlib.redirect_stdout(io.StringIO()):  # the official constructor prints a line
+        official = official_cls(num_classes=1, input_channels=3)
+    if name == "official":
+        return official
+    impl = "fast" if name == "attnseg" else "reference"
+    return _Probabilities(from_official(OFFICIAL_CLASS, official.state_dict(), impl=impl))
 
 
-def time_pair(batch: int, mode: str, runs: int, warmup: int) -> dict[str, dict[str, object]]:
-    """Interleaved timing of both implementations for one (batch, mode) at the current thread count."""
-    torch.manual_seed(0)
-    model = create_model("malunet", in_channels=3, num_classes=1)
-    x = torch.randn(batch, 3, SIZE, SIZE)
-    step = make_step(model, x, mode)
-    return time_interleaved({n: step for n in IMPLEMENTATIONS}, runs, warmup, context=_implementation, digits=2)
+class _Probabilities(torch.nn.Module):
+    """Ours + sigmoid: the official forward's output."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(x))
 
 
-def tensor_peak(name: str, batch: int, mode: str) -> dict[str, float]:
-    """Peak live tensor memory of one pass, from the torch.profiler memory timeline."""
+def make_step(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
+    if mode == "forward":
+        model.eval()
+
+        def forward() -> None:
+            with torch.no_grad():
+                model(x)
+
+        return forward
+    model.train()
+
+    def forward_backward() -> None:
+        model.zero_grad(set_to_none=True)
+        model(x).mean().backward()
+
+    return forward_backward
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameter gradients by our state-dict key (official keys renamed by the official-weights loader's map)."""
+    grads = {}
+    for key, p in model.named_parameters():
+        ours = key.removeprefix("model.") if key.startswith("model.") else _rename_official(key)
+        grads[ours] = p.grad.detach().clone()
+    return grads
+
+
+def check_equal(official_cls: type, batch: int = 4) -> dict[str, Any]:
+    """Outputs (eval) and gradients (train) of ours against the official model, same weights and input (batch 4:
+    the fast backward kernels are used from batch 4 on)."""
+    models = {n: build(n, official_cls) for n in IMPLEMENTATIONS}
+    x = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    out, grads = {}, {}
+    for name, model in models.items():
+        with torch.no_grad():
+            out[name] = model.eval()(x)
+        model.train().zero_grad(set_to_none=True)
+        model(x).mean().backward()
+        grads[name] = _grads(model)
+    scale_out = out["official"].abs().max().item()
+    scale_grad = max(g.abs().max().item() for g in grads["official"].values())
+    report: dict[str, Any] = {"batch": batch, "official_output_max": scale_out, "official_grad_max": scale_grad}
+    for name in IMPLEMENTATIONS[1:]:
+        report[name] = {
+            "output_max_rel_diff": (out[name] - out["official"]).abs().max().item() / scale_out,
+            "grad_max_rel_diff": max((g - grads["official"][k]).abs().max().item() for k, g in grads[name].items())
+            / scale_grad,
+        }
+    return report
+
+
+def time_rounds(official_cls: type, batch: int, mode: str, rounds: int, runs: int, warmup: int) -> dict[str, Any]:
+    """``rounds`` interleaved timings; per-round medians and per-round ratios official / ours."""
+    x = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    steps = {n: make_step(build(n, official_cls), x, mode) for n in IMPLEMENTATIONS}
+    per_round: list[dict[str, dict[str, float]]] = []
+    for _ in range(rounds):
+        t = time_interleaved(steps, runs, warmup)
+        per_round.append({n: {k: t[n][k]["median_ms"] for k in ("wall", "process_cpu")} for n in IMPLEMENTATIONS})
+    out: dict[str, Any] = {
+        "batch": batch,
+        "mode": mode,
+        "rounds": rounds,
+        "runs_per_round": runs,
+        "per_round": per_round,
+    }
+    for name in IMPLEMENTATIONS:
+        out[f"{name}_median_ms"] = {
+            k: round(statistics.median(r[name][k] for r in per_round), 2) for k in ("wall", "process_cpu")
+        }
+    for name in IMPLEMENTATIONS[1:]:
+        ratios = {}
+        for k in ("wall", "process_cpu"):
+            vals = [r["official"][k] / r[name][k] for r in per_round]
+            ratios[k] = {
+                "median": round(statistics.median(vals), 3),
+                "min": round(min(vals), 3),
+                "max": round(max(vals), 3),
+            }
+        out[f"ratio_official_over_{name}"] = ratios
+    return out
+
+
+def profile_top(official_cls: type, name: str, rows: int = 12) -> list[dict[str, Any]]:
+    """Top ops by self CPU time of one batch-8 forward+backward call."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.manual_seed(0)
-    model = create_model("malunet", in_channels=3, num_classes=1)
+    x = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    step = make_step(build(name, official_cls), x, "forward_backward")
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [
+        {
+            "op": e.key,
+            "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 2),
+            "share": round(e.self_cpu_time_total / total, 3),
+            "calls": e.count,
+        }
+        for e in events[:rows]
+    ]
+
+
+def tensor_peak(official_cls: type, name: str, batch: int, mode: str) -> dict[str, float]:
+    """Peak live tensor memory of one call, from the torch.profiler memory timeline."""
+    from torch.profiler import ProfilerActivity, profile
+
     x = torch.randn(batch, 3, SIZE, SIZE)
+    model = build(name, official_cls)
     step = make_step(model, x, mode)
-    with _implementation(name):
-        step()  # first-use allocations outside the profiled pass
-        if mode == "forward_backward":
-            model.zero_grad(set_to_none=True)
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as p:
-            step()
+    step()  # first-use allocations outside the profiled call
+    model.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as p:
+        step()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "timeline.json")
-        with contextlib.redirect_stderr(open(os.devnull, "w")):  # noqa: SIM115  (deprecation notice only)
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                p.export_memory_timeline(path, device="cpu")
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p.export_memory_timeline(path, device="cpu")
         with open(path) as f:
             _, sizes = json.load(f)
     totals = [sum(row) for row in sizes]
-    return {
-        "tensor_peak_mib": round(max(totals) / 2**20, 2),
-        "tensor_peak_increase_mib": round((max(totals) - totals[0]) / 2**20, 2),
-    }
+    return {"tensor_peak_increase_mib": round((max(totals) - totals[0]) / 2**20, 2)}
 
 
-def _rss_child(name: str, batch: int, mode: str, threads: int) -> None:
+def _rss_child(official: str, name: str, batch: int, mode: str, threads: int) -> None:
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = create_model("malunet", in_channels=3, num_classes=1)
-    with _implementation(name):
-        make_step(model, torch.randn(batch, 3, 32, 32), mode)()  # warm libraries up at a tiny size
-        model.zero_grad(set_to_none=True)
-        x = torch.randn(batch, 3, SIZE, SIZE)
-        step = make_step(model, x, mode)
-        with open("/proc/self/statm") as f:
-            rss_before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        step()
+    model = build(name, import_official(Path(official)))
+    make_step(model, torch.randn(batch, 3, 32, 32), mode)()  # warm libraries up at a tiny size
+    model.zero_grad(set_to_none=True)
+    step = make_step(model, torch.randn(batch, 3, SIZE, SIZE), mode)
+    with open("/proc/self/statm") as f:
+        rss_before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print(
-        json.dumps(
-            {
-                "rss_before_mib": round(rss_before / 2**20, 1),
-                "rss_peak_mib": round(peak / 2**20, 1),
-                "rss_peak_increase_mib": round((peak - rss_before) / 2**20, 1),
-            }
-        )
-    )
+    print(json.dumps({"rss_peak_increase_mib": round((peak - rss_before) / 2**20, 1)}))
 
 
-def rss_peak(name: str, batch: int, mode: str, threads: int) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--_rss-child", name, str(batch), mode, str(threads)]
+def rss_peak(official: Path, name: str, batch: int, mode: str, threads: int) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--_rss-child", str(official), name, str(batch), mode, str(threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def check_identical() -> bool:
-    torch.manual_seed(0)
-    model = create_model("malunet", in_channels=3, num_classes=1).eval()
-    x = torch.randn(2, 3, SIZE, SIZE)
-    outs = []
-    for name in IMPLEMENTATIONS:
-        with _implementation(name), torch.no_grad():
-            outs.append(model(x))
-    return bool(torch.equal(outs[0], outs[1]))
+def markdown(doc: dict[str, Any]) -> str:
+    eq = doc["equality"]
+    lines = [
+        "# MALUNet CPU speed: attnseg vs the official code",
+        "",
+        f"256x256, 3 channels, 1 class, fp32, {doc['threads']} thread(s); {doc['rounds']} rounds x {doc['runs']} "
+        f"interleaved calls per implementation; load average {doc['load_average_start']} before, "
+        f"{doc['load_average_end']} after ({doc['environment']['host']['logical_cpus']} logical CPUs, shared). "
+        "Ratio = official time / ours per round: median (min..max over rounds).",
+        "",
+        "| batch | mode | official ms | attnseg ms | ratio wall | ratio CPU | reference ms | official / reference |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["timing"]:
+        a, ref = r["ratio_official_over_attnseg"], r["ratio_official_over_reference"]
+        lines.append(
+            f"| {r['batch']} | {r['mode']} | {r['official_median_ms']['wall']} | {r['attnseg_median_ms']['wall']} | "
+            f"{a['wall']['median']} ({a['wall']['min']}..{a['wall']['max']}) | "
+            f"{a['process_cpu']['median']} ({a['process_cpu']['min']}..{a['process_cpu']['max']}) | "
+            f"{r['reference_median_ms']['wall']} | "
+            f"{ref['wall']['median']} ({ref['wall']['min']}..{ref['wall']['max']}) |"
+        )
+    lines += [
+        "",
+        f"Equality before timing (batch {eq['batch']}, same weights and input), relative to the official maxima:",
+        "",
+        "| ours | output max rel diff | gradient max rel diff |",
+        "|---|---|---|",
+    ]
+    for name in IMPLEMENTATIONS[1:]:
+        lines.append(f"| {name} | {eq[name]['output_max_rel_diff']:.2e} | {eq[name]['grad_max_rel_diff']:.2e} |")
+    for name, rows in doc["profile_top_ops"].items():
+        lines += [
+            "",
+            f"Top ops by self CPU time, {name}, batch 8 forward+backward (one profiled call):",
+            "",
+            "| op | self CPU ms | share | calls |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| `{r['op']}` | {r['self_cpu_ms']} | {r['share']:.1%} | {r['calls']} |" for r in rows]
+    if doc.get("memory"):
+        lines += ["", "Peak memory of one call (MiB above the start):", "", "| impl | batch | mode | tensors | RSS |"]
+        lines.append("|---|---|---|---|---|")
+        for m in doc["memory"]:
+            lines.append(
+                f"| {m['implementation']} | {m['batch']} | {m['mode']} | {m['tensor_peak_increase_mib']} | "
+                f"{m['rss_peak_increase_mib']} |"
+            )
+    lines += [
+        "",
+        "Method: the `method` field of malunet.json (the docstring of benchmarks/bench_malunet.py).",
+        "",
+    ]
+    return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, object]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--threads",
-        default="1",
-        help="comma-separated intra-op thread counts (default 1: on a shared 2-core machine, 2 OpenMP threads mostly "
-        "measure spin-waiting for a descheduled peer; use e.g. 1,2 on a quiet machine)",
-    )
-    parser.add_argument("--runs", type=int, default=20, help="timed iterations per configuration (default 20)")
-    parser.add_argument("--runs-b8", type=int, default=10, help="timed iterations at batch 8 (default 10)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--_rss-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--official", type=Path, default=DEFAULT_OFFICIAL, help="folder of the official repository")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: shared 2-core machine)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per configuration (default 5)")
+    parser.add_argument("--runs", type=int, default=3, help="timed calls per implementation and round (default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per round first (default 1)")
+    parser.add_argument("--batches", default="8,1", help="comma-separated batch sizes (default 8,1)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measures")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--_rss-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._rss_child:
-        name, batch, mode, threads = args._rss_child
-        _rss_child(name, int(batch), mode, int(threads))
+        official, name, batch, mode, threads = args._rss_child
+        _rss_child(official, name, int(batch), mode, int(threads))
         return {}
-
-    thread_counts = [int(t) for t in args.threads.split(",")]
-    record: dict[str, object] = {
-        "benchmark": "malunet CPU latency and peak memory, 256x256",
-        "model": "malunet (in_channels=3, num_classes=1, defaults), float32, NCHW input",
-        "host": platform.node(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
-        "load_average_start": [round(v, 2) for v in os.getloadavg()],
+    official_cls = import_official(args.official)
+    torch.set_num_threads(args.threads)
+    doc: dict[str, Any] = {
+        "benchmark": "malunet vs official MALUNet, CPU latency, 256x256",
+        "official": {"repo": "JCruan519/MALUNet", "commit": "e184b47", "folder": str(args.official)},
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "runs": args.runs,
         "warmup": args.warmup,
-        "outputs_identical": check_identical(),
+        "load_average_start": [round(v, 2) for v in os.getloadavg()],
+        "environment": environment_info(),
         "method": __doc__,
-        "results": [],
     }
-    for threads in thread_counts:
-        torch.set_num_threads(threads)
+    doc["equality"] = check_equal(official_cls)
+    print(json.dumps(doc["equality"]), flush=True)
+    doc["timing"] = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        for mode in reversed(MODES):
+            row = time_rounds(official_cls, batch, mode, args.rounds, args.runs, args.warmup)
+            doc["timing"].append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "per_round"}), flush=True)
+    doc["profile_top_ops"] = {n: profile_top(official_cls, n) for n in ("official", "attnseg")}
+    doc["memory"] = []
+    if not args.no_memory:
         for batch in (1, 8):
-            runs = args.runs if batch == 1 else args.runs_b8
             for mode in MODES:
-                timing = time_pair(batch, mode, runs, args.warmup)
-                ref = timing["straightforward"]
-                for name in IMPLEMENTATIONS:  # > 1: faster than the straightforward implementation
-                    timing[name]["speedup_vs_straightforward"] = {
-                        k: round(ref[k]["median_ms"] / timing[name][k]["median_ms"], 3) for k in ("wall", "process_cpu")
-                    }
                 for name in IMPLEMENTATIONS:
-                    row = {"implementation": name, "threads": threads, "batch": batch, "mode": mode, **timing[name]}
-                    if threads == thread_counts[0]:  # memory does not depend on the thread count much; once
-                        row["memory"] = {**tensor_peak(name, batch, mode), **rss_peak(name, batch, mode, threads)}
-                    record["results"].append(row)
-                    print(json.dumps(row), flush=True)
-    record["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(args.out)  # atomic
-    print(f"wrote {args.out}")
-    return record
+                    m = {"implementation": name, "batch": batch, "mode": mode}
+                    m.update(tensor_peak(official_cls, name, batch, mode))
+                    m.update(rss_peak(args.official, name, batch, mode, args.threads))
+                    doc["memory"].append(m)
+    doc["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    save_results(args.results, "malunet", doc, markdown(doc))
+    return doc
 
 
 if __name__ == "__main__":

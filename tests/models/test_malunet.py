@@ -342,3 +342,64 @@ def test_bench_reports_exact_and_thop_compatible_counts(tmp_path):
     assert record["params"]["total"] == 177_943
     assert record["complexity"]["params_thop"] == 175_031
     assert record["complexity"]["macs_thop"] == 82_972_800  # the paper's "0.083 GFLOPs" are thop MACs
+
+
+# ---------------------------------------------------------------- fast vs reference CPU path
+
+
+def _values_and_grads(model: MALUNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    x = x.clone().requires_grad_(True)
+    model.train().zero_grad(set_to_none=True)
+    out = model(x)
+    # a loss that weights pixels unequally, so every upsampling / pooling position carries its own gradient
+    (out * torch.linspace(-1.0, 2.0, out.numel()).view_as(out)).sum().backward()
+    return out.detach(), x.grad, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_fast_path_matches_reference_values_and_gradients() -> None:
+    torch.manual_seed(0)
+    model = create_model("malunet", in_channels=3, num_classes=2)
+    assert model.impl == "fast"
+    x = torch.randn(4, 3, 64, 96)  # batch >= 4: the fast backward kernels are used from there on
+    out_f, gx_f, g_f = _values_and_grads(model, x)
+    out_r, gx_r, g_r = _values_and_grads(model.set_impl("reference"), x)
+    assert torch.equal(out_f, out_r)  # the fast path changes only backward kernels (and no-grad pooling)
+    scale = max(g.abs().max() for g in g_r.values())  # IEA proj_in biases have an exactly-zero true gradient
+    for name in g_r:
+        torch.testing.assert_close(g_f[name], g_r[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+    torch.testing.assert_close(gx_f, gx_r, rtol=1e-4, atol=1e-5 * gx_r.abs().max())
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), model.set_impl("fast").eval()(x))
+
+
+def test_fast_path_pieces_against_torch_ops() -> None:
+    # Each replaced op against the PyTorch op it stands for, including max-pool ties (first maximum of the window).
+    from attnseg.models.malunet import SAB, _pool2, _up2
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 6).round()  # rounded: many tied maxima in the 2x2 windows; batch 4: fast kernels
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    g = torch.randn(4, 3, 4, 3)
+    _pool2(a).backward(g)
+    torch.nn.functional.max_pool2d(b, 2).backward(g)
+    assert torch.equal(a.grad, b.grad)
+    with torch.no_grad():
+        assert torch.equal(_pool2(x), torch.nn.functional.max_pool2d(x, 2))
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    g = torch.randn(4, 3, 16, 12)
+    _up2(a).backward(g)
+    torch.nn.functional.interpolate(b, scale_factor=2.0, mode="bilinear", align_corners=True).backward(g)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+    sab = SAB()
+    z = torch.randn(4, 5, 16, 20)
+    grads = []
+    for impl in ("fast", "reference"):
+        sab.impl = impl
+        sab.zero_grad(set_to_none=True)
+        zz = z.clone().requires_grad_(True)
+        (sab(zz) * torch.randn(4, 1, 16, 20, generator=torch.Generator().manual_seed(1))).sum().backward()
+        grads.append([zz.grad, sab.conv.weight.grad, sab.conv.bias.grad])
+    for f, r in zip(*grads):
+        torch.testing.assert_close(f, r, rtol=1e-4, atol=1e-5 * r.abs().max())
+    with pytest.raises(ValueError, match="impl"):
+        create_model("malunet", impl="faster")

@@ -29,6 +29,14 @@ Deviations from the official code (none changes the function computed with given
   unties them (the authors trained on GPU, i.e. independent memories). Ours are always two parameters, initialised
   as in the untied official model: M_k ~ N(0, 2/C), M_v = a copy of M_k^T. The loader accepts both tied and untied
   checkpoints (a tied one simply has M_v = M_k^T), and one that stores only one of the two (see ``from_official``).
+- **Fast CPU autograd path** (``impl="fast"``, the default; ``impl="reference"`` or :meth:`MALUNet.set_impl`
+  restores the official op sequence). Same forward values (bitwise); gradients equal up to float rounding
+  (docs/models/malunet.md, "Fast CPU path"): the 2x2 max-pools run PyTorch's channels-last kernel with an index
+  scatter backward (same indices, so identical gradients), or, without autograd, a max of the four strided window
+  views; from batch 4 on, the SAB conv's backward runs as two forward convs and the bilinear x2 upsampling's
+  backward as two matmuls with its interpolation matrices (at batch 1 PyTorch's own kernels are faster). GPU
+  tensors, TorchScript / ONNX tracing and ``torch.compile`` use the reference
+  ops.
 - Kept for fidelity (flagged as probably unintended in docs/models/malunet.md, B7): the bridge returns
   ``c * (x + s * x) + s * x``, adding the SAB product, not the raw skip, as the last residual.
 
@@ -43,7 +51,7 @@ import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +81,8 @@ __all__ = [
 
 _GROUPS = 4  # every GroupNorm of the model has 4 groups (docs/models/malunet.md §1)
 _DILATIONS = (7, 5, 2, 1)  # DGA's four channel chunks, in channel order (docs/models/malunet.md §2.2)
+Impl = Literal["fast", "reference"]
+_IMPLS = ("fast", "reference")
 
 
 def _gn(channels: int) -> nn.GroupNorm:
@@ -200,12 +210,15 @@ class SAB(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(2, 1, 7, padding=9, dilation=3)
+        self.impl: Impl = "fast"  # set by MALUNet.set_impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the spatial gate s in (0, 1), [B, 1, H, W]."""
         # docs/models/malunet.md §2.4 (paper: SAB): s = sigmoid(conv([mean_c(x), max_c(x)]))
         pooled = channel_pool(x, order=("mean", "max"))  # [B, 2, H, W]
-        return torch.sigmoid(self.conv(pooled))
+        if self.impl == "reference":
+            return torch.sigmoid(self.conv(pooled))
+        return torch.sigmoid(_same_conv(pooled, self.conv))
 
 
 class CAB(nn.Module):
@@ -287,6 +300,8 @@ class MALUNet(nn.Module):
         split_att: CAB per-stage projection, ``"fc"`` (Linear, the paper's) or ``"conv"`` (1x1 Conv1d).
             Defaults to ``"fc"``.
         bridge: apply the SAB/CAB bridge to the skips (False adds the raw skips). Defaults to True.
+        impl: ``"fast"`` (default) or ``"reference"`` (the official op sequence); same function, see the module
+            docstring. Switch later with :meth:`set_impl`.
 
     Example:
         >>> model = MALUNet(in_channels=3, num_classes=1)
@@ -303,6 +318,7 @@ class MALUNet(nn.Module):
         c_list: Sequence[int] = (8, 16, 24, 32, 48, 64),
         split_att: str = "fc",
         bridge: bool = True,
+        impl: Impl = "fast",
     ) -> None:
         super().__init__()
         if in_channels < 1:
@@ -346,6 +362,22 @@ class MALUNet(nn.Module):
         self.decoder_norms = nn.ModuleList(_gn(v) for v in reversed(c[:5]))
         self.head = nn.Conv2d(c[0], num_classes, 1)
         self.apply(_init_weights)
+        self.set_impl(impl)
+
+    @property
+    def impl(self) -> Impl:
+        """The CPU autograd path in use: ``"fast"`` or ``"reference"``."""
+        return self._impl
+
+    def set_impl(self, impl: Impl) -> MALUNet:
+        """Switch to ``impl`` (``"fast"`` or ``"reference"``, see the module docstring); returns ``self``."""
+        if impl not in _IMPLS:
+            raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
+        for m in self.modules():
+            if isinstance(m, SAB):
+                m.impl = impl
+        self._impl: Impl = impl
+        return self
 
     def validate_input_size(self, spatial: tuple[int, ...]) -> None:
         """Raise ``ValueError`` unless ``spatial`` is 2D with sides that are positive multiples of 32."""
@@ -358,7 +390,7 @@ class MALUNet(nn.Module):
         # pool
         skips = []
         for stage, norm in zip(self.encoder[:5], self.encoder_norms):
-            x = F.gelu(_pool2(norm(stage(x))))
+            x = F.gelu(_pool2(norm(stage(x)), self._impl == "fast"))
             skips.append(x)
         return skips, F.gelu(self.encoder[5](x))
 
@@ -371,7 +403,7 @@ class MALUNet(nn.Module):
         for i, (stage, norm) in enumerate(zip(self.decoder, self.decoder_norms)):
             x = norm(stage(x))
             if i > 0:
-                x = _up2(x)
+                x = _up2(x, self._impl == "fast")
             x = F.gelu(x) + skips[4 - i]
         return x
 
@@ -383,7 +415,7 @@ class MALUNet(nn.Module):
         as the official model does) up to float rounding.
         """
         self._check_input(x)
-        return _up2(self.forward_decoder(*self.forward_encoder(x)))
+        return _up2(self.forward_decoder(*self.forward_encoder(x)), self._impl == "fast")
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """1x1 conv classifier: [B, c_list[0], H, W] -> logits [B, num_classes, H, W]."""
@@ -394,7 +426,7 @@ class MALUNet(nn.Module):
         # docs/models/malunet.md §1 head: 1x1 conv at H/2, bilinear x2 (the official sigmoid is left to the loss /
         # inference)
         self._check_input(x)
-        return _up2(self.head(self.forward_decoder(*self.forward_encoder(x))))
+        return _up2(self.head(self.forward_decoder(*self.forward_encoder(x))), self._impl == "fast")
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
@@ -402,17 +434,132 @@ class MALUNet(nn.Module):
         self.validate_input_size(tuple(x.shape[2:]))
 
 
-def _pool2(x: torch.Tensor) -> torch.Tensor:
-    # 2x2 max-pool, stride 2. Without autograd on CPU, PyTorch's channels-last kernel is ~3-4x faster than the NCHW
-    # one at these few channels (the layout round trip included) and gives bitwise-identical values. With autograd
-    # the two layout copies cost what the faster kernel saves (benchmarks/bench_malunet.py), so training uses NCHW.
-    if x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled()):
-        return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), 2).contiguous()
-    return F.max_pool2d(x, 2)
+def _tracing() -> bool:
+    # TorchScript / ONNX tracing and torch.compile see the reference ops (no custom autograd functions)
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-def _up2(x: torch.Tensor) -> torch.Tensor:
+_FAST_MIN_BATCH = 4  # SAB conv and upsampling backward: faster at batch 8, slower at batch 1 (bench_malunet.py)
+
+
+def _autograd_cpu(x: torch.Tensor) -> bool:
+    cpu_grad = x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled()
+    return cpu_grad and x.shape[0] >= _FAST_MIN_BATCH and not _tracing()
+
+
+class _MaxPool2(torch.autograd.Function):
+    """2x2 max-pool for autograd on CPU: PyTorch's channels-last kernel forward, an index scatter backward.
+
+    Same values, same indices (the first maximum of each window in row-major order, as the NCHW kernel) and so the
+    same gradient as ``F.max_pool2d(x, 2)``; the NCHW kernel with indices is several times slower at few channels.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y, idx = torch.ops.aten.max_pool2d_with_indices(x.contiguous(memory_format=torch.channels_last), [2, 2], [2, 2])
+        ctx.save_for_backward(idx)
+        ctx.in_shape = x.shape
+        return y.contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (idx,) = ctx.saved_tensors
+        b, c, h, w = ctx.in_shape
+        out = grad.new_zeros(b, c, h * w)
+        # idx holds the flat h * W + w position of each window's maximum in its plane
+        out.scatter_(2, idx.contiguous().view(b, c, -1), grad.contiguous().view(b, c, -1))
+        return out.view(b, c, h, w)
+
+
+def _pool2(x: torch.Tensor, fast: bool = True) -> torch.Tensor:
+    # 2x2 max-pool, stride 2 (the official F.max_pool2d(x, 2, 2)); the fast path gives identical values and gradients
+    h, w = x.shape[-2:]
+    if not fast or x.device.type != "cpu" or h % 2 or w % 2 or _tracing():
+        return F.max_pool2d(x, 2)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _MaxPool2.apply(x)
+    # no autograd: max of the four strided window views (max is exact, so the values are identical)
+    v = x.unflatten(-1, (w // 2, 2)).unflatten(-3, (h // 2, 2))  # [B, C, H/2, 2, W/2, 2]
+    top = torch.maximum(v[..., 0, :, 0], v[..., 0, :, 1])
+    return torch.maximum(top, torch.maximum(v[..., 1, :, 0], v[..., 1, :, 1]), out=top)
+
+
+class _SameConv(torch.autograd.Function):
+    """A stride-1, "same"-padded conv whose backward runs as two forward convs (the SAB conv, docs/models/malunet.md
+    §2.4). Forward: ``F.conv2d``. On CPU the oneDNN backward of this 2 -> 1 channel, 7x7 dilated conv is several
+    times slower than its forward; the input gradient is the conv of the output gradient with the flipped kernel,
+    the weight gradient the conv of the padded input with the output gradient (stride = dilation)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, dilation: int
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation, ctx.has_bias = padding, dilation, bias is not None
+        return F.conv2d(x, weight, bias, padding=padding, dilation=dilation)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        p, d = ctx.padding, ctx.dilation
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, weight.flip(-1, -2).transpose(0, 1), padding=p, dilation=d)
+        if ctx.needs_input_grad[1]:
+            # [C_in, B, H + 2p, W + 2p] * [C_out, B, H, W] -> [C_in, C_out, k, k]
+            xp = F.pad(x, (p, p, p, p)).transpose(0, 1)
+            grad_w = F.conv2d(xp, grad.transpose(0, 1), stride=d).transpose(0, 1)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _same_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    k, d, p = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
+    same = conv.groups == 1 and conv.stride == (1, 1) and conv.kernel_size == (k, k) and conv.dilation == (d, d)
+    fits = same and conv.padding == (p, p) and 2 * p == d * (k - 1)
+    if not (fits and _autograd_cpu(x)) or torch.is_autocast_enabled(x.device.type):  # autocast: reference op
+        return conv(x)
+    return _SameConv.apply(x, conv.weight, conv.bias, p, d)
+
+
+def _interp_matrix(n: int, like: torch.Tensor) -> torch.Tensor:
+    """[2n, n] matrix of the 1D bilinear (align_corners) x2 upsampling, from F.interpolate itself (same weights)."""
+    key = (n, like.dtype, like.device)
+    mat = _INTERP_CACHE.get(key)
+    if mat is None:
+        eye = torch.eye(n, dtype=like.dtype, device=like.device).view(1, n, n, 1)
+        mat = F.interpolate(eye, size=(2 * n, 1), mode="bilinear", align_corners=True)[0, :, :, 0].t().contiguous()
+        _INTERP_CACHE[key] = mat
+    return mat
+
+
+_INTERP_CACHE: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+class _Up2(torch.autograd.Function):
+    """Bilinear x2 upsampling (align_corners): forward ``F.interpolate`` (same values), backward as two matmuls
+    ``A_h^T g A_w`` (the transpose of the separable interpolation), faster than PyTorch's CPU scatter kernel."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.in_shape = x.shape
+        return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        h, w = ctx.in_shape[-2:]
+        a_h, a_w = _interp_matrix(h, grad), _interp_matrix(w, grad)
+        return torch.matmul(a_h.t(), torch.matmul(grad, a_w))
+
+
+def _up2(x: torch.Tensor, fast: bool = True) -> torch.Tensor:
     # Functional (not nn.Upsample), as in the official model, so thop's MAC count matches the paper's.
+    if fast and _autograd_cpu(x):
+        return _Up2.apply(x)
     return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
 
 
@@ -566,13 +713,16 @@ def _load_official_malunet(
     c_list: Sequence[int] = (8, 16, 24, 32, 48, 64),
     split_att: str = "fc",
     bridge: bool = True,
+    impl: Impl = "fast",
 ) -> MALUNet:
     """Build ``MALUNet`` from the official constructor's arguments and load an official state dict strictly.
+
+    ``impl`` is ours (not an official argument): the CPU autograd path, ``"fast"`` or ``"reference"``.
 
     Tied checkpoints (trained on CPU, where M_v is a view of M_k) load like untied ones: each memory is copied into
     its own parameter. A checkpoint that holds only one memory of a block gets the other as its transpose.
     """
-    model = MALUNet(input_channels, num_classes, c_list=c_list, split_att=split_att, bridge=bool(bridge))
+    model = MALUNet(input_channels, num_classes, c_list=c_list, split_att=split_att, bridge=bool(bridge), impl=impl)
     sd = _fill_tied_memories(OrderedDict(state_dict))
     # DataParallel checkpoints (the official train.py wraps the model) prefix every key with "module.".
     if sd and all(k.startswith("module.") for k in sd):
@@ -590,5 +740,5 @@ def _load_official_malunet(
     test_input_size=(64, 64),
 )
 def malunet(in_channels: int, num_classes: int, **kwargs: Any) -> MALUNet:
-    """MALUNet; kwargs: ``c_list`` (6 widths), ``split_att`` ("fc" | "conv"), ``bridge`` (bool)."""
+    """MALUNet; kwargs: ``c_list`` (6 widths), ``split_att`` ("fc" | "conv"), ``bridge`` (bool), ``impl``."""
     return MALUNet(in_channels, num_classes, **kwargs)
