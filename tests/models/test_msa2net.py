@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from attnseg.models.msa2net import (
     MSA2Net,
     official_dead_prefixes,
     official_rename,
+    set_fast_kernels,
 )
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "official" / "msa2net"
@@ -318,3 +320,58 @@ def test_paper_encoder_at_256() -> None:
     with torch.no_grad():
         out = model(torch.randn(1, 1, 256, 256))
     assert out.shape == (1, 9, 256, 256) and torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fast kernels vs the reference code (docs/models/msa2net.md, "Performance")
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _perturb_norms(module: nn.Module) -> None:
+    # non-trivial BatchNorm statistics and affine terms, so that the eval-mode folding is exercised
+    g = torch.Generator().manual_seed(3)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(0.3 * torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
+            m.bias.data.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
+
+
+@pytest.mark.parametrize("block, legacy", [("lka", False), ("lka", True), ("dae", False)])
+@pytest.mark.parametrize("train", [False, True])
+def test_fast_kernels_match_reference(block: str, legacy: bool, train: bool) -> None:
+    torch.manual_seed(0)
+    dim, h, w = 16, 28, 30  # 28x30 >= 28x28: the polyphase dilated conv is used
+    stage = DecoderStage(dim, block, legacy_layout=legacy)
+    with torch.no_grad():
+        _perturb_norms(stage)
+        for blk in stage.blocks:
+            for name in ("ls1", "ls2"):
+                if hasattr(blk, name):
+                    getattr(blk, name).gamma.fill_(0.5)
+    ref = copy.deepcopy(stage)
+    set_fast_kernels(ref, False)
+    assert stage.gate.fast and not ref.gate.fast
+    tokens = torch.randn(2, h * w, dim)
+    skip = torch.randn(2, dim, h, w)
+    outs, grads = [], []
+    for model in (stage, ref):
+        model.train(train)
+        x, s = tokens.clone().requires_grad_(True), skip.clone().requires_grad_(True)
+        out, _ = model(x, (h, w), s)
+        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        outs.append(out.detach())
+        grads.append([x.grad, s.grad] + [p.grad for p in model.parameters()])
+    scale = outs[1].abs().max()
+    assert (outs[0] - outs[1]).abs().max() <= 1e-5 * scale
+    # gradients that are zero up to rounding (the keys' bias under a softmax over positions) get an absolute floor
+    floor = 1e-5 * max(float(b.abs().max()) for b in grads[1])
+    for a, b in zip(*grads, strict=True):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max() + floor
+    # the gate's fast eval path folds BatchNorm: a wrong statistic would show
+    if not train:
+        with torch.no_grad():
+            stage.gate.fuse_norm.running_mean.add_(1.0)
+            moved, _ = stage(tokens, (h, w), skip)
+        assert (moved - outs[0]).abs().max() > 1e-3 * scale

@@ -33,6 +33,12 @@ Deviations from the official code, and the option that restores each:
   accept ``img_size`` with sides that are multiples of 32 (the MaxViT window and grid become side/32, as timm does
   for other image sizes), decoder resolutions following the input.
 
+- **Fast kernels (same function).** By default MASAG folds its eval-mode BatchNorms into the convolutions and fuses
+  its elementwise steps (softmax over two maps as a sigmoid, ``(x·σ(g))·(g·σ(x))`` as ``SiLU(x)·SiLU(g)``), the LKA
+  dilated depthwise conv runs on polyphase sub-images, and the DAE-Former efficient attention runs on tokens with one
+  fused projection (docs/models/msa2net.md, "Performance"). Values agree with the reference up to float rounding;
+  ``fast_kernels=False`` (or :func:`set_fast_kernels`) runs the step-by-step reference code.
+
 Not reproduced: MASAG's "DW-D" convolution is drawn depthwise in the figure but is dense in the code (and in the
 published parameter count); we keep it dense, as published.
 """
@@ -69,10 +75,58 @@ __all__ = [
     "DecoderStage",
     "MSA2Net",
     "msa2net",
+    "set_fast_kernels",
 ]
 
 DECODER_VARIANTS = ("paper", "shipped")
 DEFAULT_ENCODER = "maxvit_rmlp_small_rw_224"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fast kernels (docs/models/msa2net.md, "Performance"): same function, same parameters, fewer passes over memory
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def set_fast_kernels(module: nn.Module, enabled: bool) -> nn.Module:
+    """Switch every MSA²Net submodule with a fast path (``fast`` attribute) of ``module`` to it or to the reference."""
+    for m in module.modules():
+        if isinstance(m, (MASAG, LargeKernelAttention, EfficientAttention)):
+            m.fast = bool(enabled)
+    return module
+
+
+def _conv_bn(block: ConvNormAct, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)``; in eval mode the BatchNorm (running statistics) is folded into the conv: one pass, not two."""
+    bn = block.bn
+    if bn.training or bn.running_var is None or block.conv.weight.numel() > x.numel():
+        return block(x)  # (scaling a weight larger than the map costs more than the BatchNorm pass it saves)
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    bias = bn.bias - bn.running_mean * scale
+    if block.conv.bias is not None:
+        bias = bias + block.conv.bias * scale
+    y = block.conv._conv_forward(x, block.conv.weight * scale.view(-1, 1, 1, 1), bias)
+    return bn.act(bn.drop(y))
+
+
+def _dilated_depthwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A "same"-padded dilated depthwise conv as an undilated one on the dilation² polyphase sub-images.
+
+    CPU convolution kernels are slow for dilated depthwise filters; splitting the (padded) map into its d x d
+    pixel phases (pixel_unshuffle) turns the dilation-d filter into a plain k x k filter on each phase, with the same
+    products and sums. Used for maps of at least 28x28 (smaller ones, and backward at 14x14, gain nothing).
+    """
+    d, k = conv.dilation[0], conv.kernel_size[0]
+    b, c, h, w = x.shape
+    if h * w < 784:
+        return conv(x)
+    pad = conv.padding[0]
+    hq, wq = -(-h // d), -(-w // d)  # output rows / columns per phase
+    hp, wp = hq + k - 1, wq + k - 1  # input rows / columns per phase
+    phases = F.pixel_unshuffle(F.pad(x, (pad, d * wp - w - pad, pad, d * hp - h - pad)), d)  # (B, C*d*d, hp, wp)
+    weight = conv.weight.repeat_interleave(d * d, dim=0)
+    bias = None if conv.bias is None else conv.bias.repeat_interleave(d * d)
+    y = F.conv2d(phases, weight, bias, groups=c * d * d)  # (B, C*d*d, hq, wq)
+    return F.pixel_shuffle(y, d)[:, :, :h, :w]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -136,8 +190,39 @@ class MASAG(nn.Module):
         self.recalibrate = ConvNormAct(dim, dim, 1, bias=True, apply_act=False)
         self.out_proj = ConvNormAct(dim, dim, 1, bias=True, apply_act=False)
 
+    fast = True  # the fused formulation below; False runs the step-by-step reference (set_fast_kernels)
+
     def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        # docs/models/msa2net.md §4 steps 3-8
+        if not self.fast:
+            return self.forward_reference(x, g)
+        # docs/models/msa2net.md §4 steps 1-8, with the same values as forward_reference
+        lc = self.local_context
+        local = _conv_bn(lc.dilated, _conv_bn(lc.dw, x))
+        glob = _conv_bn(self.global_context.proj, channel_pool(g, order=("mean", "max")))  # (B, 1, H, W)
+        bn = self.fuse_norm
+        if bn.training or bn.running_var is None or lc.proj.bn.training or lc.proj.conv.weight.numel() > x.numel():
+            fused = bn(_conv_bn(lc.proj, local) + glob)
+        else:
+            # eval: BN(P(l) + glob) = P'(l) + s * glob with BN folded into the projection P
+            s = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            p, pbn = lc.proj.conv, lc.proj.bn
+            s_p = pbn.weight * torch.rsqrt(pbn.running_var + pbn.eps) * s
+            bias = (p.bias - pbn.running_mean) * s_p + (pbn.bias - bn.running_mean) * s + bn.bias
+            fused = torch.addcmul(
+                p._conv_forward(local, p.weight * s_p.view(-1, 1, 1, 1), bias), s.view(1, -1, 1, 1), glob
+            )
+        # softmax over the two selection maps = sigmoid of their difference: a = σ(s0 - s1), b = 1 - a
+        w, bias = self.selection.weight, self.selection.bias
+        a = torch.sigmoid(F.conv2d(fused, w[:1] - w[1:], bias[:1] - bias[1:]))  # (B, 1, H, W)
+        x_sel = x * (1 + a)  # x·a + x
+        g_sel = g * (2 - a)  # g·b + g
+        # (x_sel·σ(g_sel))·(g_sel·σ(x_sel)) = SiLU(x_sel)·SiLU(g_sel)
+        interaction = F.silu(x_sel) * F.silu(g_sel)
+        weighted = torch.sigmoid(_conv_bn(self.recalibrate, interaction)) * x
+        return _conv_bn(self.out_proj, weighted)
+
+    def forward_reference(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The gate step by step as in the paper (docs/models/msa2net.md §4 steps 3-8)."""
         fused = self.fuse_norm(self.local_context(x) + self.global_context(g))  # global map broadcast over C
         a, b = self.selection(fused).softmax(dim=1).split(1, dim=1)  # (B, 1, H, W) each, a + b = 1
         x_sel = x * a + x
@@ -161,8 +246,12 @@ class LargeKernelAttention(nn.Module):
         self.conv_dw_dilated = nn.Conv2d(dim, dim, 7, padding=9, dilation=3, groups=dim)
         self.conv_pw = nn.Conv2d(dim, dim, 1)
 
+    fast = True  # polyphase dilated depthwise conv (_dilated_depthwise); False: the direct dilated conv
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.conv_pw(self.conv_dw_dilated(self.conv_dw(x)))
+        attn = self.conv_dw(x)
+        attn = _dilated_depthwise(self.conv_dw_dilated, attn) if self.fast else self.conv_dw_dilated(attn)
+        return x * self.conv_pw(attn)
 
 
 class LKASpatialAttention(nn.Module):
@@ -233,6 +322,18 @@ class EfficientAttention(nn.Module):
         self.queries = nn.Conv2d(dim, dim, 1)
         self.values = nn.Conv2d(dim, dim, 1)
         self.reprojection = nn.Conv2d(dim, dim, 1)
+
+    fast = True  # DualTransformerBlock calls forward_tokens (no NCHW round trip); False: forward on NCHW maps
+
+    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The same attention on tokens ``(B, N, C)``: one fused key/query/value projection, no layout changes."""
+        c = tokens.shape[-1]
+        weight = torch.cat([self.keys.weight, self.queries.weight, self.values.weight]).flatten(1)
+        bias = torch.cat([self.keys.bias, self.queries.bias, self.values.bias])
+        k, q, v = F.linear(tokens, weight, bias).split(c, dim=-1)  # (B, N, C) each
+        context = k.softmax(dim=1).transpose(1, 2) @ v  # keys over positions; (B, Ck, Cv)
+        out = q.softmax(dim=2) @ context  # queries over channels; (B, N, Cv)
+        return F.linear(out, self.reprojection.weight.flatten(1), self.reprojection.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -310,8 +411,11 @@ class DualTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         # docs/models/msa2net.md §5 DAE-Former block; x: (B, H*W, C)
         h, w = size
-        y = rearrange(self.norm1(x), "b (h w) c -> b c h w", h=h, w=w)
-        x = x + rearrange(self.efficient_attn(y), "b c h w -> b (h w) c")
+        if self.efficient_attn.fast:
+            x = x + self.efficient_attn.forward_tokens(self.norm1(x))
+        else:
+            y = rearrange(self.norm1(x), "b (h w) c -> b c h w", h=h, w=w)
+            x = x + rearrange(self.efficient_attn(y), "b c h w -> b (h w) c")
         x = x + self.mix_ffn1(self.norm2(x), size)
         x = x + self.channel_attn(self.norm3(x))
         return x + self.mix_ffn2(self.norm4(x), size)
@@ -504,6 +608,9 @@ class MSA2Net(nn.Module):
             MaxViT window and grid are side/32). Defaults to 224 (the only size the official model accepts).
         encoder_name: timm MaxViT/MaxxViT model providing the four stage maps; the decoder widths follow it.
             Defaults to ``"maxvit_rmlp_small_rw_224"`` (the paper's); smaller ones only serve tests.
+        fast_kernels: run the decoder's fused formulations (MASAG, LKA's dilated depthwise conv, efficient attention
+            on tokens); False runs the step-by-step reference code. Same parameters and values up to float rounding.
+            Defaults to True.
 
     Example:
         >>> model = MSA2Net(in_channels=1, num_classes=9)
@@ -521,6 +628,7 @@ class MSA2Net(nn.Module):
         pretrained: bool = False,
         img_size: int | Sequence[int] = 224,
         encoder_name: str = DEFAULT_ENCODER,
+        fast_kernels: bool = True,
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
@@ -558,6 +666,7 @@ class MSA2Net(nn.Module):
         self.feature_channels = dims[0]
         self.head = nn.Conv2d(dims[0], num_classes, 1)
         _init_decoder_weights(self.head)
+        set_fast_kernels(self, fast_kernels)
 
     def validate_input_size(self, spatial: tuple[int, ...]) -> None:
         """Raise ``ValueError`` unless ``spatial`` is the size the model was built for."""
