@@ -33,6 +33,7 @@ LEVELS = {
     "bench": 2,
     "demo": 2,
     "study": 2,
+    "serve": 2,
     # the command line: imported by nothing
     "cli": 3,
     # the public API (attnseg/__init__.py) re-exports what users call

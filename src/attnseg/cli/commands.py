@@ -10,12 +10,14 @@ from attnseg.cli.demo import demo_command
 from attnseg.cli.evaluate import evaluate
 from attnseg.cli.export import export_command
 from attnseg.cli.predict import predict_command
+from attnseg.cli.serve import serve_command
 from attnseg.cli.train import train_command
 
 COMMANDS = {
     "demo": demo_command,
     "train": train_command,
     "predict": predict_command,
+    "serve": serve_command,
     "evaluate": evaluate,
     "bench": bench,
     "models": models,

@@ -24,7 +24,7 @@ def predict_command(
         "--format",
         help="nifti | dicom-seg | rtstruct | png; repeat it for several (default: the input's format, NIfTI for a "
         "DICOM series). dicom-seg (CASE_seg.dcm) and rtstruct (CASE_rtstruct.dcm) reference a DICOM series input "
-        '(pip install "attnseg[dicom]"; README "Clinical outputs").',
+        '(pip install "attnseg\\[dicom]"; README "Clinical outputs").',
     ),
     checkpoint: str = typer.Option("best", help="best | last."),
     tta: bool = typer.Option(False, "--tta", help="Average over in-plane flips (test-time augmentation)."),
