@@ -17,10 +17,25 @@ other core was taken. Reported per configuration:
   ``TorchDispatchMode`` (parameters and the input excluded; parameter gradients included);
 - peak RSS increase of the process over its baseline after construction (includes allocator caching).
 
+Part 3 (official comparison, the regression guard of issue 15 goal 3): the official MDSA-UNet (github.com/NEU-LX/
+MDSA-UNet at commit d71b6fb, imported at run time from ``--official DIR``) against ours (``attn_impl="fast"``), the
+released configuration at batch 2, 224x224. Ours is built by ``from_official`` from the official model's seeded
+initial weights, so both hold the same weights and see the same input. Before timing, outputs and parameter gradients
+are checked equal in float64 (train mode, dropout off, loss = mean logit); float32 differences are reported too
+(in float32 the encoder's max-pool can flip a near-tie argmax between the two, which moves single-pixel gradients).
+Timing: forward (eval, no_grad) and forward+backward (train mode as released, dropout on, mean-logit loss), the two
+implementations round-robin with ``attnseg.bench.speed.time_interleaved`` for ``--rounds`` rounds of ``--runs``
+calls; each round gives one ratio official / ours of the median wall times; we report the median ratio and its
+spread (min..max over rounds), and the load average before and after. If the median forward+backward ratio is below
+2.0 the script prints a REGRESSION line and exits 1 (``--no-guard``: only report). Written to
+``benchmarks/results/mdsa_unet_official.{json,md}``.
+
 Usage::
 
-    python benchmarks/bench_mdsa_unet.py            # full run, writes benchmarks/results/mdsa_unet.{json,md}
-    python benchmarks/bench_mdsa_unet.py --quick    # fewer reps, smaller batch for a smoke run
+    python benchmarks/bench_mdsa_unet.py                  # parts 1-3: mdsa_unet.{json,md}, mdsa_unet_official.*
+    python benchmarks/bench_mdsa_unet.py --quick          # fewer reps, smaller batch for a smoke run
+    python benchmarks/bench_mdsa_unet.py --official-only  # part 3 only (about 5 min at the defaults)
+    python benchmarks/bench_mdsa_unet.py --official-only --no-guard --official /path/to/MDSA-UNet
 """
 
 from __future__ import annotations
@@ -240,24 +255,203 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and write ``benchmarks/results/mdsa_unet.json`` and ``.md``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, see module docstring)")
-    parser.add_argument("--reps", type=int, default=5, help="timed runs per configuration after one warm-up")
-    parser.add_argument("--scaling-batch", type=int, default=1, help="batch of the scaling study (default 1)")
-    parser.add_argument("--quick", action="store_true", help="2 reps, batch 2 instead of 8: a smoke run")
-    parser.add_argument("--out", type=Path, default=RESULTS / "mdsa_unet.json")
-    parser.add_argument("--render", action="store_true", help="only re-render the .md table from the --out JSON")
-    args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(_worker(json.loads(args.worker))))
-        return
-    if args.render:
-        _atomic_write(args.out.with_suffix(".md"), _markdown(json.loads(args.out.read_text())))
-        return
+# ---- part 3: the official code ----------------------------------------------------------------------------------
 
+OFFICIAL_DEFAULT = Path("/work/.official/MDSA-UNet")
+OFFICIAL_COMMIT = "d71b6fb"
+GUARD_RATIO = 2.0  # issue 15 goal 3: ours >= 2.0x the official code, forward+backward
+EQUAL_RTOL = 1e-9  # float64 check: max abs difference / largest magnitude
+
+
+def _import_official(folder: Path) -> Any:
+    """The official ``MDSAUNet`` module from ``folder`` (its sibling imports need the folder on ``sys.path``)."""
+    import importlib
+
+    if not (folder / "MDSAUNet.py").is_file():
+        print(f"official MDSA-UNet code not found: {folder}/MDSAUNet.py (pass --official DIR)", file=sys.stderr)
+        raise SystemExit(2)
+    sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module("MDSAUNet")
+    except ImportError as exc:  # the official code needs einops and timm
+        print(f"cannot import the official code from {folder}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def _step_results(model: Any, x: Any) -> tuple[Any, dict[str, Any]]:
+    """Train-mode output and parameter gradients of the mean-logit loss."""
+    model.train().zero_grad(set_to_none=True)
+    y = model(x)
+    y.mean().backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return y.detach(), grads
+
+
+def _max_rel(a: Any, b: Any) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def _compare(official: Any, ours: Any, x: Any, to_ours: Any) -> dict[str, float]:
+    """Output and gradient differences (ours vs official), relative to the official figure's largest magnitude.
+
+    Gradients are measured against the largest gradient of the whole model: biases followed by batch-statistics BN
+    have a true gradient of zero, so a per-tensor ratio would only show round-off over round-off.
+    """
+    y_o, g_o = _step_results(official, x)
+    y_a, g_a = _step_results(ours, x)
+    scale = max(float(g.abs().max()) for g in g_o.values())
+    grad_diff = max(float((g_a[to_ours(n)] - g).abs().max()) for n, g in g_o.items())
+    return {"output_max_rel_diff": _max_rel(y_a, y_o), "grad_max_rel_diff": grad_diff / scale}
+
+
+def _equality_check(official: Any, ours: Any, x: Any) -> dict[str, Any]:
+    """Same outputs and gradients before timing: float64 (the gate) and float32 (reported) train steps, fp32 eval."""
+    import copy
+
+    import torch
+
+    from attnseg.models.mdsa_unet import _official_to_ours
+
+    def no_dropout(model: Any) -> Any:
+        model = copy.deepcopy(model)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        return model
+
+    with torch.no_grad():
+        eval_diff = _max_rel(ours.eval()(x), official.eval()(x))
+    fp32 = _compare(no_dropout(official), no_dropout(ours), x, _official_to_ours)
+    fp64 = _compare(no_dropout(official).double(), no_dropout(ours).double(), x.double(), _official_to_ours)
+    passed = max(fp64.values()) <= EQUAL_RTOL
+    return {
+        "forward_eval_float32_output_max_rel_diff": eval_diff,
+        "train_float32": fp32,
+        "train_float64": fp64,
+        "tolerance_float64": EQUAL_RTOL,
+        "passed": passed,
+    }
+
+
+def official_comparison(
+    module: Any, folder: Path, batch: int, size: int, rounds: int, runs: int, threads: int
+) -> dict[str, Any]:
+    """Part 3: equality check, then official vs ours interleaved timing (forward and forward+backward)."""
+    import torch
+
+    from attnseg.bench.report import environment_info
+    from attnseg.bench.speed import make_step, time_interleaved
+    from attnseg.models import from_official
+
+    torch.set_num_threads(threads)
+    load_before = os.getloadavg()
+    torch.manual_seed(0)
+    official = module.MDSAUNet()  # the released defaults: n_class=1, dims 3/128/320/512, topks 1/4/16, n_win 7
+    ours = from_official("MDSAUNet.MDSAUNet", official.state_dict())  # attn_impl="fast" (default)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    print(f"part 3: official vs attnseg, batch {batch} @{size}: checking outputs and gradients", flush=True)
+    check = _equality_check(official, ours, x)
+    print(f"  {json.dumps(check)}", flush=True)
+    if not check["passed"]:
+        raise RuntimeError(f"official and attnseg differ beyond {EQUAL_RTOL} in float64: {check['train_float64']}")
+    timings: dict[str, Any] = {}
+    for mode in ("forward", "forward_backward"):
+        steps = {"official": make_step(official, x, mode), "attnseg": make_step(ours, x, mode)}
+        per_round = []
+        for r in range(rounds):
+            res = time_interleaved(steps, runs=runs, warmup=1 if r == 0 else 0, digits=1)
+            ratio = res["official"]["wall"]["median_ms"] / res["attnseg"]["wall"]["median_ms"]
+            cpu_ratio = res["official"]["process_cpu"]["median_ms"] / res["attnseg"]["process_cpu"]["median_ms"]
+            per_round.append({**res, "ratio_wall": round(ratio, 3), "ratio_cpu": round(cpu_ratio, 3)})
+            print(
+                f"  {mode:16s} round {r + 1}/{rounds}: official {res['official']['wall']['median_ms']:.0f} ms, "
+                f"attnseg {res['attnseg']['wall']['median_ms']:.0f} ms, ratio {ratio:.2f}x (CPU {cpu_ratio:.2f}x) "
+                f"load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+        walls = [p["ratio_wall"] for p in per_round]
+        cpus = [p["ratio_cpu"] for p in per_round]
+        timings[mode] = {
+            "rounds": per_round,
+            "ratio_wall_median": round(statistics.median(walls), 3),
+            "ratio_wall_spread": [min(walls), max(walls)],
+            "ratio_cpu_median": round(statistics.median(cpus), 3),
+            "ratio_cpu_spread": [min(cpus), max(cpus)],
+            "official_wall_median_ms": statistics.median(p["official"]["wall"]["median_ms"] for p in per_round),
+            "attnseg_wall_median_ms": statistics.median(p["attnseg"]["wall"]["median_ms"] for p in per_round),
+        }
+    return {
+        "benchmark": "bench_mdsa_unet --official-only",
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "official": {"repo": "github.com/NEU-LX/MDSA-UNet", "commit": OFFICIAL_COMMIT, "dir": str(folder)},
+        "config": {
+            "model": "released MDSA-UNet (n_class=1, 6,576,225 parameters), attnseg attn_impl='fast'",
+            "batch": batch,
+            "size": size,
+            "threads": threads,
+            "rounds": rounds,
+            "runs_per_round": runs,
+            "warmup": "1 call of each before the first round",
+            "loss": "mean of the logits",
+        },
+        "equality_check": check,
+        "timing": timings,
+        "guard": {"metric": "forward_backward ratio_wall_median", "threshold": GUARD_RATIO},
+        "load_before": [round(v, 2) for v in load_before],
+        "load_after": [round(v, 2) for v in os.getloadavg()],
+        "environment": environment_info(),
+    }
+
+
+def _official_markdown(doc: dict[str, Any]) -> str:
+    cfg, chk, g = doc["config"], doc["equality_check"], doc["guard"]
+    fb = doc["timing"]["forward_backward"]["ratio_wall_median"]
+    verdict = "meets" if fb >= g["threshold"] else "**does not meet (REGRESSION)**"
+    lines = [
+        "# MDSA-UNet: attnseg against the official code",
+        "",
+        f"Generated {doc['created']} by `python benchmarks/bench_mdsa_unet.py --official-only`: official code "
+        f"{doc['official']['repo']} at {doc['official']['commit']} (imported at run time) against attnseg's "
+        f"`mdsa_unet` (fast attention path) with the same weights and input; released configuration, batch "
+        f"{cfg['batch']}, {cfg['size']}x{cfg['size']}, {cfg['threads']} intra-op thread(s), "
+        f"{doc['environment']['host']['cpu']}, {doc['environment']['host']['logical_cpus']} logical CPUs shared with "
+        f"other jobs; load average {doc['load_before'][0]:.2f} before, {doc['load_after'][0]:.2f} after.",
+        "",
+        "Equality before timing (ours vs official, max abs difference / largest official magnitude; gradients against "
+        "the largest gradient of the model):",
+        "",
+        "| check | output | gradients |",
+        "|---|---|---|",
+        f"| train step, float64, dropout off (gate <= {chk['tolerance_float64']:g}) | "
+        f"{chk['train_float64']['output_max_rel_diff']:.1e} | {chk['train_float64']['grad_max_rel_diff']:.1e} |",
+        f"| train step, float32, dropout off | {chk['train_float32']['output_max_rel_diff']:.1e} | "
+        f"{chk['train_float32']['grad_max_rel_diff']:.1e} |",
+        f"| forward, eval, float32 | {chk['forward_eval_float32_output_max_rel_diff']:.1e} | - |",
+        "",
+        f"Timing: {cfg['rounds']} rounds of {cfg['runs_per_round']} interleaved calls each (official, ours, official, "
+        "...); per round, ratio = official median wall / ours median wall.",
+        "",
+        "| step | official ms | attnseg ms | official / attnseg wall (median, min..max) | CPU-time ratio |",
+        "|---|---:|---:|---|---|",
+    ]
+    for mode, label in (("forward", "forward (eval, no_grad)"), ("forward_backward", "forward+backward (train)")):
+        t = doc["timing"][mode]
+        lines.append(
+            f"| {label} | {t['official_wall_median_ms']:.0f} | {t['attnseg_wall_median_ms']:.0f} | "
+            f"{t['ratio_wall_median']:.2f}x ({t['ratio_wall_spread'][0]:.2f}..{t['ratio_wall_spread'][1]:.2f}) | "
+            f"{t['ratio_cpu_median']:.2f}x ({t['ratio_cpu_spread'][0]:.2f}..{t['ratio_cpu_spread'][1]:.2f}) |"
+        )
+    lines += [
+        "",
+        f"Guard (issue 15 goal 3): median forward+backward ratio {fb:.2f}x {verdict} the {g['threshold']:.1f}x target.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _own_paths(args: argparse.Namespace) -> None:
+    """Parts 1 and 2: fast vs reference attention path, and the scaling study; writes ``--out`` (.json and .md)."""
     import torch
 
     reps = 2 if args.quick else args.reps
@@ -353,5 +547,50 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (see the module docstring); returns 1 when the official-comparison guard fails."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, see module docstring)")
+    parser.add_argument("--reps", type=int, default=5, help="timed runs per configuration after one warm-up")
+    parser.add_argument("--scaling-batch", type=int, default=1, help="batch of the scaling study (default 1)")
+    parser.add_argument("--quick", action="store_true", help="2 reps, batch 2 instead of 8: a smoke run")
+    parser.add_argument("--out", type=Path, default=RESULTS / "mdsa_unet.json")
+    parser.add_argument("--render", action="store_true", help="only re-render the .md table from the --out JSON")
+    parser.add_argument("--official", type=Path, default=OFFICIAL_DEFAULT, help="checkout of NEU-LX/MDSA-UNet")
+    parser.add_argument("--official-only", action="store_true", help="only part 3 (official comparison and guard)")
+    parser.add_argument("--no-guard", action="store_true", help="report a ratio below 2.0 but exit 0")
+    parser.add_argument("--rounds", type=int, default=5, help="part 3: interleaved rounds (one ratio each)")
+    parser.add_argument("--runs", type=int, default=3, help="part 3: timed calls per implementation and round")
+    parser.add_argument("--official-batch", type=int, default=2, help="part 3: batch size (default 2)")
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(json.loads(args.worker))))
+        return 0
+    if args.render:
+        _atomic_write(args.out.with_suffix(".md"), _markdown(json.loads(args.out.read_text())))
+        return 0
+    official = _import_official(
+        args.official
+    )  # fail fast (exit 2) before the long parts when the official code is missing
+
+    from attnseg.bench.report import save_results
+
+    if not args.official_only:
+        _own_paths(args)
+    doc = official_comparison(official, args.official, args.official_batch, 224, args.rounds, args.runs, args.threads)
+    save_results(RESULTS, "mdsa_unet_official", doc, _official_markdown(doc))
+    ratio = doc["timing"]["forward_backward"]["ratio_wall_median"]
+    if ratio < GUARD_RATIO:
+        print(
+            f"REGRESSION: MDSA-UNet forward+backward is {ratio:.2f}x the official code (median of {args.rounds} "
+            f"rounds), below the {GUARD_RATIO:.1f}x target",
+            flush=True,
+        )
+        return 0 if args.no_guard else 1
+    print(f"guard ok: MDSA-UNet forward+backward {ratio:.2f}x the official code (target {GUARD_RATIO:.1f}x)")
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

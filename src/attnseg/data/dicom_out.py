@@ -323,6 +323,10 @@ def write_rtstruct(
         )
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # rt-utils 1.2.7 sets is_little_endian (pydicom 3)
+        # rt-utils copies the source's descriptions; a scanner's may exceed LO's 64 characters (PS3.5 6.2)
+        warnings.filterwarnings(
+            "ignore", message="The value length .* exceeds the maximum length", category=UserWarning
+        )
         rt = RTStructBuilder.create_new(dicom_series_path=str(source_dir))
         order = [str(ds.SOPInstanceUID) for ds in rt.series_data]
         if sorted(order) != sorted(frames):
