@@ -53,14 +53,13 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from attnseg.bench.report import environment_info, save_results
-from attnseg.bench.speed import time_interleaved
+from attnseg.bench.speed import make_step, time_interleaved
 from attnseg.models import from_official
 from attnseg.models.malunet import _rename_official  # the official-weights loader's key map
 
@@ -107,24 +106,6 @@ class _Probabilities(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.model(x))
-
-
-def make_step(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
-    if mode == "forward":
-        model.eval()
-
-        def forward() -> None:
-            with torch.no_grad():
-                model(x)
-
-        return forward
-    model.train()
-
-    def forward_backward() -> None:
-        model.zero_grad(set_to_none=True)
-        model(x).mean().backward()
-
-    return forward_backward
 
 
 def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
