@@ -58,6 +58,10 @@ class AugmentConfig:
     intensity_scale: float = 0.25  # x * (1 + U(-s, s))
     intensity_shift: float = 0.1  # x + U(-o, o), in normalised units (CT: ~foreground std)
     noise: float = 0.1
+    # probability of one random offset per labelled structure (each organ brightens or darkens on its own, as under
+    # contrast enhancement; domain randomisation in the spirit of SynthSeg, Billot et al., Med. Image Anal. 2023)
+    label_shift: float = 0.0
+    label_shift_range: tuple[float, float] = (-1.0, 1.0)  # offsets in normalised units (CT: foreground std)
 
 
 @dataclass

@@ -98,6 +98,45 @@ def test_slab_samples_stack_adjacent_slices(cache_and_plan):
     assert np.array_equal(x[:, 1], xs) and np.array_equal(y, ys)  # centre slice = the single-slice sample
 
 
+def _offsets(diff: np.ndarray, label: np.ndarray) -> dict[int, float]:
+    """The one offset ``diff`` adds on each value of ``label`` (asserting it is one value per structure)."""
+    found = {}
+    for value in np.unique(label):
+        values = diff[label == value]
+        assert np.ptp(values) < 1e-5, f"structure {value}: offsets {values.min()}..{values.max()}"
+        found[int(value)] = float(values[0])
+    return found
+
+
+@pytest.mark.parametrize("slab", [1, 3])
+def test_label_shift_moves_each_structure_by_its_own_offset(cache_and_plan, slab):
+    """``label_shift``: background untouched, every structure shifted by one offset in its range, drawn anew per
+    structure and per sample; a slab's neighbour slices are shifted on their own masks."""
+    cache, plan = cache_and_plan
+    off = AugmentConfig(flip=0, rotate=0, scale=0, intensity=0, noise=0)
+    on = AugmentConfig(flip=0, rotate=0, scale=0, intensity=0, noise=0, label_shift=1.0, label_shift_range=(2, 3))
+    plain = SliceSampler(cache, plan, 40, seed=5, foreground_prob=1.0, augment=off, slab_size=slab)
+    shifted = SliceSampler(cache, plan, 40, seed=5, foreground_prob=1.0, augment=on, slab_size=slab)
+    seen = []
+    for i in range(12):
+        (x0, y0), (x1, y1) = plain.sample(i), shifted.sample(i)
+        assert np.array_equal(y0, y1)
+        centre = (x1 - x0)[:, slab // 2] if slab > 1 else x1 - x0
+        offsets = _offsets(centre[0], y1)
+        assert offsets.pop(0) == 0.0 and all(2 <= v <= 3 for v in offsets.values()), offsets
+        seen += offsets.values()
+        if slab > 1:  # neighbour slices: one offset per structure of the slab (2 here), background untouched
+            slab_offsets = set(np.unique(np.round(x1 - x0, 3)).tolist()) - {0.0}
+            assert len(slab_offsets) <= 2 and all(2 <= v <= 3 for v in slab_offsets), slab_offsets
+            assert set(np.round(np.float32(list(offsets.values())), 3).tolist()) <= slab_offsets
+    assert len(seen) >= 12 and len(set(np.round(seen, 6))) == len(seen)  # a new draw per structure and sample
+    # the draw is part of the sample: same seed and index, same image
+    assert np.array_equal(
+        shifted.sample(3)[0],
+        SliceSampler(cache, plan, 40, seed=5, foreground_prob=1.0, augment=on, slab_size=slab).sample(3)[0],
+    )
+
+
 def test_3d_rotation_stays_in_the_axial_plane():
     import torch
 

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from attnseg.config import AugmentConfig
 from attnseg.data.preprocess import Plan, PreprocessedCase, _resize
 
-__all__ = ["CaseCache", "SliceSampler", "build_augmentation", "crop_or_pad", "slab_indices"]
+__all__ = ["CaseCache", "SliceSampler", "build_augmentation", "crop_or_pad", "shift_label_intensities", "slab_indices"]
 
 
 class CaseCache:
@@ -84,6 +84,18 @@ def crop_or_pad(
             dst.append(slice(lo - st, lo - st + (hi - lo)))
         result[(..., *dst)] = a[(..., *src)]
         out.append(result)
+    return out
+
+
+def shift_label_intensities(
+    image: np.ndarray, label: np.ndarray, offsets: tuple[float, float], rng: np.random.Generator
+) -> np.ndarray:
+    """``image`` ``[C, *spatial]`` plus one offset drawn from ``U(*offsets)`` per foreground value of ``label``
+    (``[*spatial]``, the image's trailing axes), the same in every channel; background is unchanged."""
+    out = image.astype(np.float32, copy=True)
+    for value in np.unique(label):
+        if value != 0:
+            out[..., label == value] += rng.uniform(*offsets)
     return out
 
 
@@ -155,12 +167,11 @@ class SliceSampler(Dataset):
         return self.num_samples
 
     def _augment(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
-        if self.aug_cfg is None:
+        if self.aug_cfg is None or self._aug is False:
             return image, label
         if self._aug is None:
-            self._aug = build_augmentation(self.aug_cfg, len(self.size))
-            if self._aug is None:
-                self.aug_cfg = None
+            self._aug = build_augmentation(self.aug_cfg, len(self.size)) or False  # False: nothing to apply
+            if self._aug is False:
                 return image, label
         self._aug.set_random_state(seed=int(rng.integers(2**31 - 1)))
         out = self._aug({"image": torch.from_numpy(image), "label": torch.from_numpy(label[None])})
@@ -188,13 +199,19 @@ class SliceSampler(Dataset):
             zs = slab_indices(z, image.shape[-1], self.slab)
             image = image[..., zs]  # [C, X, Y, K]
             image = np.moveaxis(image, -1, 1) if self.slab > 1 else image[..., 0]  # [C, K, X, Y] or [C, X, Y]
-            label = label[..., z]
+            label = label[..., zs]  # [X, Y, K]: each slice's own mask for the per-structure intensity shift
+            label = np.moveaxis(label, -1, 0) if self.slab > 1 else label[..., 0]
             center = center[:-1]
         if self.plan.geometry == "resize":
             image = _resize(image.astype(np.float32), self.size, label=False)
             label = _resize(label, self.size, label=True)
         else:
             image, label = crop_or_pad([image, label], center, self.size, [float(image.min()), 0])
+        aug = self.aug_cfg
+        if aug is not None and aug.label_shift > 0 and rng.random() < aug.label_shift:
+            image = shift_label_intensities(image, label, aug.label_shift_range, rng)
+        if label.ndim > len(self.size):  # a slab's masks: the model learns the centre slice
+            label = label[label.shape[0] // 2]
         if self.slab > 1:  # augment the slab as channels so all slices get the same transform
             c, k = image.shape[:2]
             img2, label = self._augment(image.reshape(c * k, *image.shape[2:]), label, rng)
