@@ -7,10 +7,13 @@ For each dataset, one run times, interleaved (trainer, bare, trainer, bare, ...)
 - **bare**: the same model (same seed), loss, optimiser, scheduler and gradient clipping, stepping through batches
   that were sampled beforehand and sit in memory: the floor any training loop of this model has.
 
-The ratio trainer / bare is the trainer's overhead factor (issue goal: at most 1.10). Writes
+The ratio trainer / bare is the trainer's overhead factor (issue goal: at most 1.10). The trainer's wall time is also
+split by phase, from timers around the trainer's hooks: set-up (data checks, preprocessing, model), training steps,
+data (waiting for the next batch, the loader's start included), validation, checkpoint writes, and the rest (logging,
+TensorBoard, run files). Writes
 ``benchmarks/results/trainer_overhead.json`` and ``.md``.
 
-Usage: ``python benchmarks/trainer_overhead.py [--iterations 60] [--repeats 2] [--datasets demo png]``
+Usage: ``python benchmarks/trainer_overhead.py [--iterations 200] [--repeats 2] [--datasets demo png]``
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from synthetic import make_rgb_dataset  # noqa: E402
 from attnseg.bench.report import environment_info, save_results  # noqa: E402
 from attnseg.config import TrainConfig  # noqa: E402
 from attnseg.demo import demo_dataset_path  # noqa: E402
-from attnseg.training.trainer import Trainer, train  # noqa: E402
+from attnseg.training.trainer import Trainer  # noqa: E402
 
 
 def _config(data: Path, out: Path, iterations: int) -> TrainConfig:
@@ -73,25 +76,96 @@ def _bare_loop(trainer: Trainer, batches: list[tuple[torch.Tensor, torch.Tensor]
     return time.perf_counter() - t0
 
 
+PHASES = ("setup", "steps", "data", "validation", "checkpoints", "other")
+
+
+class _TimedTrainer(Trainer):
+    """The default trainer with wall-clock timers around its phases (what :func:`train` runs, hook for hook)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self._mark = 0.0
+
+    def _timed(self, phase: str, fn: Any, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds[phase] += time.perf_counter() - t0
+
+    def setup(self) -> None:
+        self._timed("setup", super().setup)
+
+    def train_step(self, image: torch.Tensor, label: torch.Tensor) -> float:
+        self.seconds["data"] += time.perf_counter() - self._mark  # since the previous step ended: the loader's wait
+        loss = self._timed("steps", super().train_step, image, label)
+        return loss
+
+    def on_step_end(self, loss: float) -> dict[str, Any]:
+        row = super().on_step_end(loss)
+        self._mark = time.perf_counter()
+        return row
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._mark = time.perf_counter()
+
+    def on_validation(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        row = super().on_validation()
+        self.seconds["validation"] += time.perf_counter() - t0
+        self._mark += time.perf_counter() - t0  # not the loader's wait
+        return row
+
+    def log(self, row: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        super().log(row)
+        self._mark += time.perf_counter() - t0  # counted in "other"
+
+    def on_checkpoint(self, name: str) -> None:
+        t0 = time.perf_counter()
+        super().on_checkpoint(name)
+        self.seconds["checkpoints"] += time.perf_counter() - t0
+        self._mark += time.perf_counter() - t0
+
+
+def _timed_train(cfg: TrainConfig) -> tuple[float, dict[str, float], int]:
+    """Wall seconds of one run as :func:`train` does it, its phases, and the number of validations."""
+    t0 = time.perf_counter()
+    trainer = _TimedTrainer(cfg, progress=False)
+    trainer._seed_everything()
+    trainer.setup()
+    trainer.run()
+    total = time.perf_counter() - t0
+    phases = trainer.seconds
+    phases["other"] = total - sum(v for k, v in phases.items() if k != "other")
+    validations = sum(1 for row in trainer.history if any(k.startswith("val_dice/") for k in row))
+    return total, phases, validations
+
+
 def measure(name: str, data: Path, iterations: int, repeats: int) -> dict[str, Any]:
-    trainer_s, bare_s = [], []
+    trainer_s, bare_s, phases = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         ready, batches = _ready_batches(_config(data, Path(tmp) / "probe", iterations))
         for k in range(repeats):
-            t0 = time.perf_counter()
-            train(_config(data, Path(tmp) / f"run{k}", iterations), progress=False)
-            trainer_s.append(time.perf_counter() - t0)
+            total, split, validations = _timed_train(_config(data, Path(tmp) / f"run{k}", iterations))
+            trainer_s.append(total)
+            phases.append(split)
             bare_s.append(_bare_loop(ready, batches))
     ratios = [t / b for t, b in zip(trainer_s, bare_s, strict=True)]
     return {
         "dataset": name,
         "iterations": iterations,
         "val_every": ready.val_every,
+        "validations": validations,
+        "checkpoint_every": ready.save_every,
         "validation_cases": len(ready.val_cases),
         "trainer_seconds": [round(t, 2) for t in trainer_s],
         "bare_seconds": [round(b, 2) for b in bare_s],
         "ratio_median": round(statistics.median(ratios), 3),
         "ratio_spread": [round(min(ratios), 3), round(max(ratios), 3)],
+        "phase_seconds_median": {p: round(statistics.median(s[p] for s in phases), 2) for p in PHASES},
     }
 
 
@@ -103,21 +177,31 @@ def markdown(doc: dict[str, Any]) -> str:
         f"otherwise; {doc['repeats']} interleaved repeats; load average {doc['load_average']} at the start; "
         f"{doc['environment']['host']['cpu']}, {doc['environment']['host']['torch_threads']} torch threads.",
         "",
-        "| dataset | iterations | validation every | trainer s | bare loop s | trainer / bare (median, range) |",
-        "|---|---:|---:|---|---|---|",
+        "| dataset | iterations | validation every (count) | `last` every | trainer s | bare loop s "
+        "| trainer / bare (median, range) |",
+        "|---|---:|---:|---:|---|---|---|",
     ]
     for r in doc["datasets"]:
         lo, hi = r["ratio_spread"]
         lines.append(
-            f"| {r['dataset']} | {r['iterations']} | {r['val_every']} | {r['trainer_seconds']} | {r['bare_seconds']} "
-            f"| {r['ratio_median']:.3f} ({lo:.3f}-{hi:.3f}) |"
+            f"| {r['dataset']} | {r['iterations']} | {r['val_every']} ({r['validations']}) | {r['checkpoint_every']} "
+            f"| {r['trainer_seconds']} | {r['bare_seconds']} | {r['ratio_median']:.3f} ({lo:.3f}-{hi:.3f}) |"
         )
+    lines += [
+        "",
+        "Where the trainer's time goes (median seconds over the repeats; `data`: waiting for the next batch):",
+        "",
+        "| dataset | " + " | ".join(PHASES) + " |",
+        "|---|" + "---:|" * len(PHASES),
+    ]
+    for r in doc["datasets"]:
+        lines.append(f"| {r['dataset']} | " + " | ".join(f"{r['phase_seconds_median'][p]:.2f}" for p in PHASES) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=60)
+    parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--datasets", nargs="+", default=["demo", "png"], choices=["demo", "png"])
     parser.add_argument("--results", type=Path, default=RESULTS)

@@ -88,7 +88,7 @@ class TrainConfig:
     min_lr: float = 0.0  # cosine floor
     warmup_iterations: int = 0
     loss: Loss = "dice_ce"  # --loss
-    val_every: int = 0  # --val-every (iterations; 0 = per epoch, bounded to ~10 % of training: validation_interval)
+    val_every: int = 0  # --val-every (iterations; 0 = per epoch, bounded to ~5 % of training: validation_interval)
     save_val_predictions: bool = False  # --save-val-predictions: RUN/validation/<case>.npz of the best checkpoint
     seed: int = 42  # --seed
     device: str = "auto"  # --device: auto | cpu | cuda | cuda:N | mps

@@ -152,9 +152,13 @@ class RunDir:
         write_json(self.path / SUMMARY, dict(summary))
 
     def save_checkpoint(
-        self, name: str, model: nn.Module, state: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+        self,
+        name: str,
+        model: nn.Module | Mapping[str, Any],
+        state: Mapping[str, Any],
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
-        """Write the weights (safetensors, unwrapped) and the training state of checkpoint ``name``.
+        """Write the weights (a module's, unwrapped, or a state dict) and the training state of checkpoint ``name``.
 
         The state records the weights file's SHA-256 (``weights_sha256``): :meth:`checkpoint_problem` finds a
         weights file that is truncated, corrupt or from another save than its state.
@@ -163,9 +167,11 @@ class RunDir:
 
         import torch
         from safetensors.torch import save
+        from torch import nn
 
         weights_path, state_path = self.checkpoint_paths(name)
-        weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+        tensors = unwrap(model).state_dict() if isinstance(model, nn.Module) else model
+        weights = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         data = save(weights, metadata=dict(metadata or {}))
         state = {**state, "weights_sha256": hashlib.sha256(data).hexdigest()}
         with atomic_paths(weights_path, state_path) as (weights_tmp, state_tmp):  # replaced together

@@ -267,6 +267,41 @@ def test_training_killed_at_random_moments_resumes_to_the_uninterrupted_weights(
     assert RunDir(out).load_state("last")["iteration"] == 24
 
 
+def test_checkpoints_are_written_about_ten_times_per_run_and_best_is_the_best_validation(ct_dataset, tmp_path):
+    """Validating every step of 20, ``last`` is written every 2nd validation (20 / 10); ``best`` is held in memory
+    and written just before the next ``last``, with the weights of the step whose validation was best."""
+    writes, best_weights = [], {}
+
+    class Recording(Trainer):
+        def on_checkpoint(self, name: str) -> None:
+            writes.append((self.iteration, name))
+            super().on_checkpoint(name)
+
+        def on_validation(self):
+            before = self.best_metric
+            row = super().on_validation()
+            if self.best_metric > before:
+                best_weights.clear()
+                best_weights[self.iteration] = {k: v.clone() for k, v in self.model.state_dict().items()}
+            return row
+
+    trainer = Recording(_cfg(ct_dataset, tmp_path / "run", iterations=20, val_every=1), progress=False)
+    trainer._seed_everything()
+    trainer.setup()
+    summary = trainer.run()
+    assert trainer.save_every == 2
+    assert [i for i, name in writes if name == "last"] == list(range(2, 21, 2))
+    assert all(writes[k + 1] == (i, "last") for k, (i, name) in enumerate(writes) if name == "best")
+    (step, weights), saved = (
+        next(iter(best_weights.items())),
+        load_file(str(tmp_path / "run/checkpoints/best.safetensors")),
+    )
+    assert RunDir(tmp_path / "run").load_state("best")["iteration"] == step
+    assert summary["best_val_dice"] == max(r["val_dice/mean"] for r in trainer.history if "val_dice/mean" in r)
+    for k, v in weights.items():
+        torch.testing.assert_close(saved[k], v, rtol=0, atol=0, msg=k)
+
+
 def test_the_default_validation_schedule_bounds_its_cost():
     from attnseg.training.trainer import validation_interval
 
@@ -280,17 +315,17 @@ def test_the_default_validation_schedule_bounds_its_cost():
             iterations_per_epoch=per_epoch,
         )
 
-    # two 2D tiles that fit one window: 2 passes <= 10 % of an epoch's 3 steps x 3 x 4 = 36 passes: once per epoch
-    assert interval([(128, 128)] * 2, [128, 128]) == 3
-    # four tiles: 4 passes need 4 / (0.1 x 3 x 4) = 3.3 -> 4 steps between validations
-    assert interval([(128, 128)] * 4, [128, 128]) == 4
+    # one 2D tile that fits one window: 1 pass <= 5 % of an epoch's 3 steps x 3 x 4 = 36 passes: once per epoch
+    assert interval([(128, 128)], [128, 128]) == 3
+    # four tiles: 4 passes need 4 / (0.05 x 3 x 4) = 6.7 -> 7 steps between validations
+    assert interval([(128, 128)] * 4, [128, 128]) == 7
     # 20 slices of 300x200 with 128 windows at 50 % overlap: 4 x 3 windows per slice = 240 passes;
-    # 10 % of a step (3 x 4 passes) is 1.2 passes, so every ceil(240 / 1.2) = 200 steps
-    assert interval([(300, 200, 20)], [128, 128]) == 200
-    assert interval([(300, 200, 20)], [128, 128], geometry="resize") == math.ceil(20 / 1.2)  # a window per slice
+    # 5 % of a step (3 x 4 passes) is 0.6 passes, so every ceil(240 / 0.6) = 400 steps
+    assert interval([(300, 200, 20)], [128, 128]) == 400
+    assert interval([(300, 200, 20)], [128, 128], geometry="resize") == math.ceil(20 / 0.6)  # a window per slice
     # a 3D model: 3 x 3 x 1 windows of 64^3 on a 100x100x40 volume (MONAI's starts 0, 32, 36 on 100); a global
-    # batch of 4 (2 processes x 2): ceil(9 / 1.2) = 8
-    assert interval([(100, 100, 40)], [64, 64, 64], dims=3, batch=4, per_epoch=1) == 8
+    # batch of 4 (2 processes x 2): ceil(9 / 0.6) = 15
+    assert interval([(100, 100, 40)], [64, 64, 64], dims=3, batch=4, per_epoch=1) == 15
     assert interval([], [128, 128]) == 3  # no validation cases: checkpoints once per epoch
     # the window count is MONAI's own (sliding_window_inference's scan at 50 % overlap)
     from monai.data.utils import dense_patch_slices
@@ -298,4 +333,4 @@ def test_the_default_validation_schedule_bounds_its_cost():
 
     for shape, roi in (((1000, 130), (128, 128)), ((257, 129), (128, 128)), ((100, 100, 64), (64, 64, 64))):
         monai_windows = len(dense_patch_slices(shape, roi, _get_scan_interval(shape, roi, len(shape), (0.5,) * 3)))
-        assert interval([shape], list(roi), dims=len(shape), per_epoch=1) == math.ceil(monai_windows / 1.2)
+        assert interval([shape], list(roi), dims=len(shape), per_epoch=1) == math.ceil(monai_windows / 0.6)

@@ -13,6 +13,7 @@ test) every ``val_every`` steps and selects the ``best`` checkpoint. The run dir
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import sys
@@ -74,7 +75,8 @@ def get_trainer(name: str) -> type[Trainer]:
     return _TRAINERS[name]
 
 
-VALIDATION_SHARE = 0.1  # the default schedule keeps validation within this share of the training compute
+VALIDATION_SHARE = 0.05  # the default schedule keeps validation within this share of the training compute
+CHECKPOINTS_PER_RUN = 10  # `last` is written at about this many validations per run (and after the final step)
 
 
 def validation_interval(
@@ -159,6 +161,7 @@ class Trainer:
         self.iteration = 0
         self.best_metric = -math.inf
         self.last_validation: dict[str, float] = {}
+        self._pending_best: tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]] | None = None
         self.history: list[dict[str, Any]] = []
         self._running: list[float] = []
         self._log_fields: list[str] | None = None
@@ -277,6 +280,9 @@ class Trainer:
             batch_size=c.batch_size * world,
             iterations_per_epoch=self.iterations_per_epoch,
         )
+        # `last` at every k-th validation: at most ~CHECKPOINTS_PER_RUN writes however often the run validates
+        per_run = math.ceil(self.total_iterations / CHECKPOINTS_PER_RUN)
+        self.save_every = self.val_every * max(1, math.ceil(per_run / self.val_every))
         self.loss_fn = self.build_loss(num_classes)
 
         has_run = self.run_dir.checkpoint_paths("last")[1].exists()
@@ -379,11 +385,21 @@ class Trainer:
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 
+    def _snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:
+        """Copies of the weights and training state as they are now (for a checkpoint written later)."""
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in unwrap(self.model).state_dict().items()}
+        return weights, copy.deepcopy(self._state()), {"model": self.cfg.model, "iteration": str(self.iteration)}
+
     def save(self, name: str) -> None:
-        """Write checkpoint ``name`` (rank 0 only)."""
-        if ddp.is_main():
-            meta = {"model": self.cfg.model, "iteration": str(self.iteration)}
-            self.run_dir.save_checkpoint(name, self.model, self._state(), meta)
+        """Write checkpoint ``name`` (rank 0 only); ``best`` writes the snapshot of the best validation."""
+        if not ddp.is_main():
+            return
+        if name == "best" and self._pending_best is not None:
+            weights, state, meta = self._pending_best
+            self._pending_best = None
+        else:
+            weights, state, meta = self._snapshot()
+        self.run_dir.save_checkpoint(name, weights, state, meta)
 
     def _load_resume_state(self) -> None:
         """Continue from ``last``; from ``best`` when ``last`` is broken (a kill mid-write, a bad disk)."""
@@ -500,9 +516,9 @@ class Trainer:
         best = self.last_validation["mean"] > self.best_metric
         if self.cfg.save_val_predictions:
             self.run_dir.settle_validation([c.case_id for c in self._my_val_cases()], best=best)
-        if best:
+        if best:  # held in memory, written with the next `last` (a crash before it resumes from that `last`)
             self.best_metric = self.last_validation["mean"]
-            self.on_checkpoint("best")
+            self._pending_best = self._snapshot() if ddp.is_main() else None
         return {f"val_dice/{k}": v for k, v in self.last_validation.items()}
 
     def on_checkpoint(self, name: str) -> None:
@@ -576,7 +592,9 @@ class Trainer:
                     row.update(self.on_validation())
                 if row:
                     self.log({"iteration": self.iteration, **row})
-                if due:
+                if due and (self.iteration % self.save_every == 0 or self.iteration == self.total_iterations):
+                    if self._pending_best is not None:
+                        self.on_checkpoint("best")
                     self.on_checkpoint("last")
         except BaseException:
             self._close()
