@@ -302,6 +302,20 @@ def test_checkpoints_are_written_about_ten_times_per_run_and_best_is_the_best_va
         torch.testing.assert_close(saved[k], v, rtol=0, atol=0, msg=k)
 
 
+def test_the_default_schedule_validates_no_closer_than_its_interval(ct_dataset, tmp_path):
+    """41 steps, interval 4: the default schedule skips step 40 (the final validation at 41 would follow 1 step
+    later); an explicit ``--val-every 4`` validates at every multiple and at the end."""
+    for val_every, expected in ((0, [*range(4, 37, 4), 41]), (4, [*range(4, 41, 4), 41])):
+        trainer = Trainer(_cfg(ct_dataset, tmp_path / str(val_every), iterations=41, val_every=val_every))
+        trainer.total_iterations, trainer.val_every = 41, 4
+        due = []
+        for step in range(1, 42):
+            trainer.iteration = step
+            if trainer._validation_due():
+                due.append(step)
+        assert due == expected, (val_every, due)
+
+
 def test_the_default_validation_schedule_bounds_its_cost():
     from attnseg.training.trainer import validation_interval
 

@@ -587,7 +587,7 @@ class Trainer:
                     image.to(self.device, non_blocking=True), label.to(self.device, non_blocking=True)
                 )
                 row = self.on_step_end(loss)
-                due = self.iteration % self.val_every == 0 or self.iteration == self.total_iterations
+                due = self._validation_due()
                 if due and self.val_cases:
                     row.update(self.on_validation())
                 if row:
@@ -600,6 +600,14 @@ class Trainer:
             self._close()
             raise
         return self.on_train_end()
+
+    def _validation_due(self) -> bool:
+        """After the final step and every ``val_every`` steps before it; under the default schedule not within
+        ``val_every`` steps of the end, so that the final validation keeps the schedule's cost bound too."""
+        step, total = self.iteration, self.total_iterations
+        if step == total:
+            return True
+        return step % self.val_every == 0 and (self.cfg.val_every > 0 or total - step >= self.val_every)
 
     def log(self, row: dict[str, Any]) -> None:
         """Add a row to the history, ``log.csv`` and TensorBoard (rank 0)."""
