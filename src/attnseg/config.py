@@ -94,7 +94,7 @@ class TrainConfig:
     device: str = "auto"  # --device: auto | cpu | cuda | cuda:N | mps
     amp: Literal["none", "bf16", "fp16"] = "none"  # --amp: bf16 autocast on CUDA and CPU; fp16 (scaled) on CUDA
     grad_clip: float = 12.0  # max gradient norm (nnU-Net); 0 disables
-    num_workers: int = 2
+    num_workers: int | None = None  # --num-workers; default: the CPUs torch does not need (data_workers)
     geometry: Geometry = "spacing"  # in-plane: "spacing" (reorient + resample + crop) or "resize" (papers' protocol)
     target_spacing: list[float] | None = None  # in-plane mm for "spacing"; default: dataset median
     foreground_prob: float = 0.33  # share of samples centred on a foreground voxel
@@ -119,7 +119,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"must be >= 1, got {getattr(self, name)}", option=name)
         for name in ("num_workers", "val_every", "warmup_iterations"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", option=name)
         if self.lr <= 0:
             raise ConfigError(f"must be > 0, got {self.lr}", option="lr")

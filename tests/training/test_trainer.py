@@ -316,6 +316,16 @@ def test_the_default_schedule_validates_no_closer_than_its_interval(ct_dataset, 
         assert due == expected, (val_every, due)
 
 
+def test_default_data_workers_leave_a_cpu_per_process(monkeypatch):
+    import os
+
+    from attnseg.training.trainer import data_workers
+
+    for cpus, processes, expected in ((1, 1, 0), (2, 1, 1), (2, 2, 0), (8, 2, 3), (64, 1, 4)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)), raising=False)
+        assert data_workers(processes) == expected, (cpus, processes)
+
+
 def test_the_default_validation_schedule_bounds_its_cost():
     from attnseg.training.trainer import validation_interval
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import sys
 import time
@@ -107,6 +108,16 @@ def validation_interval(
         passes += per_plane * slices
     bounded = math.ceil(passes / (VALIDATION_SHARE * 3 * batch_size))
     return max(iterations_per_epoch, bounded)
+
+
+def data_workers(processes: int = 1) -> int:
+    """Default loader workers per training process: the CPUs left after one per process, at most 4 (on 2 cores a
+    second worker only competes with torch's threads: ``benchmarks/trainer_overhead.py``)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(0, min(4, cpus // max(processes, 1) - 1))
 
 
 def _memory_format(ndim: int) -> torch.memory_format:
@@ -634,14 +645,14 @@ class Trainer:
             slab_size=self.slab,
         )
         sampler = _RankSampler(self.iteration, self.total_iterations, c.batch_size, ddp.rank(), world)
-        return DataLoader(
+        workers = data_workers(world) if c.num_workers is None else c.num_workers
+        return DataLoader(  # one pass over the whole run: the workers live as long as training
             dataset,
             batch_size=c.batch_size,
             sampler=sampler,
-            num_workers=c.num_workers,
+            num_workers=workers,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            prefetch_factor=4 if c.num_workers > 0 else None,
+            prefetch_factor=4 if workers > 0 else None,
         )
 
     def _open_progress(self):
