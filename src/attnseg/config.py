@@ -94,7 +94,7 @@ class TrainConfig:
     device: str = "auto"  # --device: auto | cpu | cuda | cuda:N | mps
     amp: Literal["none", "bf16", "fp16"] = "none"  # --amp: bf16 autocast on CUDA and CPU; fp16 (scaled) on CUDA
     grad_clip: float = 12.0  # max gradient norm (nnU-Net); 0 disables
-    num_workers: int | None = None  # --num-workers; default: the CPUs torch does not need (data_workers)
+    num_workers: int | None = None  # --num-workers; default: 0 on CPU, else CPUs per process - 1, <= 4 (data_workers)
     geometry: Geometry = "spacing"  # in-plane: "spacing" (reorient + resample + crop) or "resize" (papers' protocol)
     target_spacing: list[float] | None = None  # in-plane mm for "spacing"; default: dataset median
     foreground_prob: float = 0.33  # share of samples centred on a foreground voxel

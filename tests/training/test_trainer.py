@@ -324,6 +324,7 @@ def test_default_data_workers_leave_a_cpu_per_process(monkeypatch):
     for cpus, processes, expected in ((1, 1, 0), (2, 1, 1), (2, 2, 0), (8, 2, 3), (64, 1, 4)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)), raising=False)
         assert data_workers(processes) == expected, (cpus, processes)
+        assert data_workers(processes, "cpu") == 0  # torch's threads use every core already
 
 
 def test_the_default_validation_schedule_bounds_its_cost():

@@ -73,7 +73,9 @@ def train_command(
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (inductor)."),
     geometry: str | None = typer.Option(None, help="spacing (reorient+resample+crop) | resize (papers')."),
     num_workers: int | None = typer.Option(
-        None, "--num-workers", help="Data-loading worker processes (default: CPUs per process - 1, at most 4)."
+        None,
+        "--num-workers",
+        help="Data-loading worker processes (default: 0 on CPU, else CPUs per process - 1, at most 4).",
     ),
     model_kwargs: str | None = typer.Option(None, "--model-kwargs", help="Model options as JSON."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
