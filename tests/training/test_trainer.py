@@ -111,6 +111,15 @@ def test_resume_equals_uninterrupted(ct_dataset, tmp_path):
     assert l1 == pytest.approx(l2, rel=1e-5)
 
 
+def test_loader_workers_do_not_change_the_run(ct_dataset, tmp_path):
+    """Samples are a function of (seed, index): two worker processes give the weights of the in-process loader."""
+    for workers in (0, 2):
+        train(
+            _cfg(ct_dataset, tmp_path / f"w{workers}", iterations=6, val_every=3, num_workers=workers), progress=False
+        )
+    _assert_same_weights(tmp_path / "w0", tmp_path / "w2")
+
+
 def test_existing_run_is_not_overwritten_without_resume(ct_dataset, tmp_path):
     cfg = _cfg(ct_dataset, tmp_path / "run", iterations=2, val_every=2)
     train(cfg, progress=False)
