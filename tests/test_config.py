@@ -11,11 +11,21 @@ from attnseg.config import ConfigError, TrainConfig, config_to_dict, load_recipe
 def test_resolved_config_round_trips(tmp_path):
     cfg = merge_config(
         TrainConfig(),
-        {"model": "malunet", "input_size": [256, 256], "augment": {"rotate": 0.5}, "ct_window": [1, 99], "fold": 0},
+        {
+            "model": "malunet",
+            "input_size": [256, 256],
+            "augment": {"rotate": 0.5, "label_shift_range": [-2, 2]},
+            "ct_window": [1, 99],
+            "fold": 0,
+        },
     )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
     assert load_recipe(tmp_path / "c.yaml") == cfg
     assert cfg.fold == "0" and cfg.augment.rotate == 0.5 and cfg.augment.flip == TrainConfig().augment.flip
+    assert cfg.augment.label_shift_range == (-2, 2) and load_recipe(tmp_path / "c.yaml").augment.scale_range == (
+        0.85,
+        1.25,
+    )
 
 
 def test_unknown_keys_name_the_file_and_key(tmp_path):

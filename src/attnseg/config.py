@@ -152,9 +152,8 @@ class TrainConfig:
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
-    d["augment"]["scale_range"] = list(cfg.augment.scale_range)
-    d["ct_window"] = list(cfg.ct_window)
-    d["ct_clip_hu"] = list(cfg.ct_clip_hu) if cfg.ct_clip_hu is not None else None
+    for section in (d, d["augment"]):  # YAML has lists, not tuples
+        section.update({k: list(v) for k, v in section.items() if isinstance(v, tuple)})
     return d
 
 
@@ -172,8 +171,9 @@ def merge_config(base: TrainConfig, overrides: dict[str, Any], source: str = "ov
     if "augment" in values:
         aug = values.pop("augment") or {}
         _check_keys(AugmentConfig, aug, f"{source} (augment)")
-        if "scale_range" in aug:
-            aug["scale_range"] = tuple(aug["scale_range"])
+        for key in ("scale_range", "label_shift_range"):
+            if aug.get(key) is not None:
+                aug[key] = tuple(aug[key])
         values["augment"] = dataclasses.replace(base.augment, **aug)
     for key in ("ct_window", "ct_clip_hu"):
         if values.get(key) is not None:
