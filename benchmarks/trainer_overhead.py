@@ -88,19 +88,21 @@ class _TimedTrainer(Trainer):
         self._mark = 0.0
 
     def _timed(self, phase: str, fn: Any, *args: Any) -> Any:
+        """Run a hook, adding its time to ``phase`` and moving the data-wait mark past it."""
         t0 = time.perf_counter()
         try:
             return fn(*args)
         finally:
-            self.seconds[phase] += time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            self.seconds[phase] += elapsed
+            self._mark += elapsed  # time spent in a hook is not the loader's wait
 
     def setup(self) -> None:
         self._timed("setup", super().setup)
 
     def train_step(self, image: torch.Tensor, label: torch.Tensor) -> float:
         self.seconds["data"] += time.perf_counter() - self._mark  # since the previous step ended: the loader's wait
-        loss = self._timed("steps", super().train_step, image, label)
-        return loss
+        return self._timed("steps", super().train_step, image, label)
 
     def on_step_end(self, loss: float) -> dict[str, Any]:
         row = super().on_step_end(loss)
@@ -112,22 +114,13 @@ class _TimedTrainer(Trainer):
         self._mark = time.perf_counter()
 
     def on_validation(self) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        row = super().on_validation()
-        self.seconds["validation"] += time.perf_counter() - t0
-        self._mark += time.perf_counter() - t0  # not the loader's wait
-        return row
+        return self._timed("validation", super().on_validation)
 
     def log(self, row: dict[str, Any]) -> None:
-        t0 = time.perf_counter()
-        super().log(row)
-        self._mark += time.perf_counter() - t0  # counted in "other"
+        self._timed("other", super().log, row)  # "other" is recomputed as the remainder at the end
 
     def on_checkpoint(self, name: str) -> None:
-        t0 = time.perf_counter()
-        super().on_checkpoint(name)
-        self.seconds["checkpoints"] += time.perf_counter() - t0
-        self._mark += time.perf_counter() - t0
+        self._timed("checkpoints", super().on_checkpoint, name)
 
 
 def _timed_train(cfg: TrainConfig) -> tuple[float, dict[str, float], int]:
