@@ -302,6 +302,8 @@ def _run_model(name: str, cfg: dict[str, Any], cache_root: Path, timeout: float)
             tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["no output"]
             rec = {"model": name, "status": "crashed", "error": f"exit {proc.returncode}: {tail[-1].strip()}"}
     rec["process_wall_s"] = round(time.perf_counter() - t0, 1)
+    rec["measured"] = time.strftime("%Y-%m-%d %H:%M")
+    rec["load_after"] = round(os.getloadavg()[0], 2)
     rec["inductor_cache"] = {"dir": str(cache), "cold": cold}
     return rec
 
@@ -322,7 +324,13 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['environment']['host']['cpu']}, {doc['environment']['host']['logical_cpus']} logical CPUs shared with "
         f"other jobs, {cfg['threads']} intra-op thread(s); load average {doc['load_before'][0]:.2f} before, "
         f"{doc['load_after'][0]:.2f} after. Inductor cache: {cache}."
-        + ("" if doc.get("complete") else " **Partial: the run was still going when this was written.**"),
+        + ("" if doc.get("complete") else " **Partial: the run was still going when this was written.**")
+        + (
+            " Records of several runs (`--merge`): each model's measurement time and load are in the JSON "
+            "(`measured`, `load_after`)."
+            if len({r.get("measured", doc["created"])[:13] for r in doc["models"]}) > 1
+            else ""
+        ),
         "",
         "Training step = train mode, cross-entropy on a fixed target, backward, AdamW step (dropout off in both). "
         f"Config: `default` = default options at the default input size (used when an eager step takes <= "
@@ -405,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--stem", default="compile_speedup")
     parser.add_argument("--render", action="store_true", help="only re-render the .md from the results .json")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other models' records of the existing results .json (this run's models replace theirs)",
+    )
     args = parser.parse_args(argv)
     if args.worker:
         cfg = json.loads(args.worker)
@@ -438,11 +451,15 @@ def main(argv: list[str] | None = None) -> int:
         "retry_static": not args.no_retry_static,
     }
     load_before = os.getloadavg()
+    kept: dict[str, dict[str, Any]] = {}
+    if args.merge and (args.results / f"{args.stem}.json").is_file():
+        previous = json.loads((args.results / f"{args.stem}.json").read_text())
+        kept = {r["model"]: r for r in previous["models"] if r["model"] not in names}
     records: list[dict[str, Any]] = []
     for name in names:
         rec = _run_model(name, cfg, cache_root, args.timeout)
         records.append(rec)
-        _write(args, cfg, cache_root, load_before, records, final=False)
+        _write(args, cfg, cache_root, load_before, _in_registry_order(kept, records), final=False)
         speed = f"{rec['speedup_median']:.2f}x" if "speedup_median" in rec else rec["status"]
         print(
             f"{name:18s} {rec.get('config', '-'):7s} compile {rec.get('compile_first_step_s', '-')} s, speed-up "
@@ -450,8 +467,16 @@ def main(argv: list[str] | None = None) -> int:
             f"[{rec['process_wall_s']} s, load {os.getloadavg()[0]:.2f}]",
             flush=True,
         )
-    _write(args, cfg, cache_root, load_before, records, final=True)
+    _write(args, cfg, cache_root, load_before, _in_registry_order(kept, records), final=True)
     return 0
+
+
+def _in_registry_order(kept: dict[str, dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This run's records plus the kept ones of earlier runs (``--merge``), in registry order."""
+    from attnseg.models import list_models
+
+    by_name = {**kept, **{r["model"]: r for r in records}}
+    return [by_name[n] for n in list_models() if n in by_name]
 
 
 def _write(

@@ -66,10 +66,10 @@ class UNet(nn.Module):
         x2 = n.down_2(x1)
         x3 = n.down_3(x2)
         x4 = n.down_4(x3)
-        u = n.upcat_4(x4, x3)
-        u = n.upcat_3(u, x2)
-        u = n.upcat_2(u, x1)
-        return n.upcat_1(u, x0)
+        u = _up(n.upcat_4, x4, x3)
+        u = _up(n.upcat_3, u, x2)
+        u = _up(n.upcat_2, u, x1)
+        return _up(n.upcat_1, u, x0)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.net.final_conv(features)
@@ -77,6 +77,15 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.validate_input_size(tuple(x.shape[2:]))
         return self.forward_head(self.forward_features(x))
+
+
+def _up(block: nn.Module, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """MONAI ``UpCat`` without its padding branch: upsample, concatenate (skip first), convolve.
+
+    ``validate_input_size`` admits only multiples of 16, so the upsampled map always matches its skip and ``UpCat``'s
+    replicate padding would be a zero-width pad. Calling its parts directly keeps ``torch.compile`` to one graph (the
+    ``torch.jit.isinstance`` test in ``UpCat.forward`` breaks it) and keeps the no-op pad out of inductor's backward."""
+    return block.convs(torch.cat([skip, block.upsample(x)], dim=1))
 
 
 _UNET_PAPER = "Ronneberger et al., U-Net, MICCAI 2015 (MONAI BasicUNet)"
