@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from attnseg.config import AugmentConfig
-from attnseg.data.datasets import CaseCache, SliceSampler, build_augmentation, crop_or_pad, slab_indices
+from attnseg.data.datasets import (
+    CaseCache,
+    SliceSampler,
+    build_augmentation,
+    crop_or_pad,
+    share_random_state,
+    slab_indices,
+)
 from attnseg.data.io import read_image
 from attnseg.data.layout import load_dataset
 from attnseg.data.preprocess import Plan, load_case, make_plan, preprocess_case, restore_geometry
@@ -151,3 +158,43 @@ def test_3d_rotation_stays_in_the_axial_plane():
         assert np.allclose(rot.sum((0, 1)), rot.sum((0, 1))[0], atol=1e-3)  # every slice gets the same turn
         rotated_any |= not np.allclose(rot, image[0], atol=1e-3)
     assert rotated_any
+
+
+def _random_transforms(obj, found=None):
+    """Every MONAI Randomizable reachable from ``obj`` through attributes and lists (the test's own walk)."""
+    from monai.transforms import Randomizable
+
+    found = {} if found is None else found
+    if id(obj) in found or not hasattr(obj, "__dict__"):
+        return found
+    if isinstance(obj, Randomizable):
+        found[id(obj)] = obj
+    for value in vars(obj).values():
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if hasattr(item, "__dict__") and type(item).__module__.startswith("monai"):
+                _random_transforms(item, found)
+    return found
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_one_shared_random_state_reseeded_in_place(dims):
+    import torch
+
+    cfg = AugmentConfig(flip=0.5, rot90=0.5, rotate=0.5, scale=0.5, intensity=0.5, noise=0.5)
+    aug = build_augmentation(cfg, dims)
+    state = share_random_state(aug)
+    transforms = _random_transforms(aug).values()
+    assert len(transforms) > len(aug.transforms) + 1  # Compose, its transforms and the array transforms they wrap
+    assert all(t.R is state for t in transforms)
+    shape = (1, 12, 10) if dims == 2 else (1, 12, 10, 6)
+    image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+
+    def run(seed):
+        state.seed(seed)
+        out = aug({"image": torch.from_numpy(image.copy()), "label": torch.from_numpy((image > 0).astype(np.int64))})
+        return np.asarray(out["image"])
+
+    first = [run(s) for s in (1, 2, 3)]
+    again = [run(s) for s in (3, 2, 1)][::-1]  # order of calls does not matter, only the seed
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not np.array_equal(first[0], first[1])
