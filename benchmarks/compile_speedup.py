@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     kept: dict[str, dict[str, Any]] = {}
     if args.merge and (args.results / f"{args.stem}.json").is_file():
         previous = json.loads((args.results / f"{args.stem}.json").read_text())
-        kept = {r["model"]: r for r in previous["models"] if r["model"] not in names}
+        kept = {r["model"]: r for r in previous["models"]}  # replaced as this run measures the model again
     records: list[dict[str, Any]] = []
     for name in names:
         rec = _run_model(name, cfg, cache_root, args.timeout)
