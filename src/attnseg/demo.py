@@ -15,7 +15,8 @@ piece, and the islands removed are false positives (spleen Dice +0.04 on earlier
 The training scan is unenhanced, the test scan contrast-enhanced: its organs are 45-80 HU brighter, each by its own
 amount, which a global intensity shift cannot imitate. The recipe therefore shifts each labelled organ by its own
 random offset (``AugmentConfig.label_shift``); over the seeds and thread counts measured (6 runs without it, 7 with
-it) the lowest liver/spleen Dice rose from 0.806 to 0.824 at a similar mean (README, "What make demo does").
+it, all before the augmentation drew from one shared generator) the lowest liver/spleen Dice rose from 0.806 to 0.824
+at a similar mean; the current figures are in the README ("What make demo does").
 """
 
 from __future__ import annotations
