@@ -171,9 +171,9 @@ def merge_config(base: TrainConfig, overrides: dict[str, Any], source: str = "ov
     if "augment" in values:
         aug = values.pop("augment") or {}
         _check_keys(AugmentConfig, aug, f"{source} (augment)")
-        for key in ("scale_range", "label_shift_range"):
-            if aug.get(key) is not None:
-                aug[key] = tuple(aug[key])
+        for f in dataclasses.fields(AugmentConfig):  # YAML lists back to the tuple options (config_to_dict)
+            if isinstance(f.default, tuple) and aug.get(f.name) is not None:
+                aug[f.name] = tuple(aug[f.name])
         values["augment"] = dataclasses.replace(base.augment, **aug)
     for key in ("ct_window", "ct_clip_hu"):
         if values.get(key) is not None:
