@@ -139,6 +139,34 @@ def test_window_attention_matches_manual_multihead() -> None:
         torch.testing.assert_close(attn(x), attn.proj(ctx), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
+def test_compiled_window_attention_gradients() -> None:
+    """Inductor's gradients of a window attention on [B, p, q, N, C] agree with float64 as eager's do (with a 6-D
+    SDPA inside they were off by 100 %: the regression this guards)."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    attn = WindowAttention(64)
+    x0 = torch.randn(2, 2, 3, 16, 64, dtype=torch.float64)
+    w = torch.randn(2, 2, 3, 16, 64, dtype=torch.float64)
+
+    def grads(module: torch.nn.Module, fn, dtype: torch.dtype) -> list[torch.Tensor]:
+        module.zero_grad(set_to_none=True)
+        x = x0.to(dtype, copy=True).requires_grad_()
+        (fn(x).double() * w).sum().backward()
+        return [x.grad.double()] + [p.grad.double() for p in module.parameters()]
+
+    ref = attn.double()
+    g64 = grads(ref, ref, torch.float64)
+    fp32 = WindowAttention(64)
+    fp32.load_state_dict(attn.state_dict())
+    torch._dynamo.reset()
+    compiled = grads(fp32, torch.compile(fp32, backend="inductor"), torch.float32)
+    for got, want in zip(compiled, g64):
+        # k.bias gets no gradient (a softmax is shift-invariant): the absolute bound covers it
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()) + 1e-6)
+
+
 def test_external_attention_matches_manual() -> None:
     torch.manual_seed(4)
     ea = ExternalAttention(16).double()

@@ -107,10 +107,13 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # LGG-SA local branch (docs/models/salstm.md §4.1 CSA, window branch)
         *lead, n, c = x.shape
-        # [..., N, C] -> [..., heads, N, C/heads]
-        q, k, v = (lin(x).view(*lead, n, self.num_heads, -1).transpose(-2, -3) for lin in (self.q, self.k, self.v))
+        # [..., N, C] -> [windows, heads, N, C/heads]: 4-D, because inductor's CPU backward of a 6-D SDPA returns
+        # wrong gradients (torch 2.14; tests/models/test_mtunet.py::test_compiled_window_attention_gradients)
+        x = x.reshape(-1, n, c)
+        lins = (self.q, self.k, self.v)
+        q, k, v = (lin(x).view(-1, n, self.num_heads, c // self.num_heads).transpose(1, 2) for lin in lins)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(-2, -3).reshape(*lead, n, c))
+        return self.proj(out.transpose(1, 2).reshape(*lead, n, c))
 
 
 class WindowPooling(nn.Module):
