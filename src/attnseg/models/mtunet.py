@@ -107,8 +107,8 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # LGG-SA local branch (docs/models/salstm.md §4.1 CSA, window branch)
         *lead, n, c = x.shape
-        # [..., N, C] -> [windows, heads, N, C/heads]: 4-D, because inductor's CPU backward of a 6-D SDPA returns
-        # wrong gradients (torch 2.14; tests/models/test_mtunet.py::test_compiled_window_attention_gradients)
+        # [..., N, C] -> [windows, heads, N, C/heads]: 4-D; with a 6-D SDPA here inductor's CPU backward of this block
+        # returned wrong gradients (torch 2.14.1; tests/models/test_mtunet.py::test_compiled_window_attention_gradients)
         x = x.reshape(-1, n, c)
         lins = (self.q, self.k, self.v)
         q, k, v = (lin(x).view(-1, n, self.num_heads, c // self.num_heads).transpose(1, 2) for lin in lins)
