@@ -15,12 +15,14 @@ model's compile cache or failure cannot affect the next; ``--timeout`` seconds e
    gradient difference relative to the largest eager gradient (biases before batch-statistics BN have a true
    gradient of zero, so per-tensor ratios would compare round-off with round-off). As the float32 round-off floor,
    the same step in eager float64 gives both float32 gradient errors (eager and compiled, each against float64).
-   They agree when the loss is within 1e-4 and the gradients are within 1e-3 of eager or no further (at most 2x)
-   from float64 than eager float32 is, or when the gradient difference is within the conditioning floor: the
-   largest change of the eager float32 gradients when the input is perturbed by a relative 1e-6 (3 draws; a
-   model whose gradient is smooth at this input has a floor of ~1e-6, one with ReLU kinks or BN over a handful of
-   values, such as the DenseUNet family at 64x64, 1e-3). Dropout and drop-path are set to zero in both copies
-   (inductor draws its own random numbers, so masks would differ); the number of layers so disabled is recorded.
+   They agree when the loss is within 1e-4 and the gradients agree by the conformance suite's rule
+   (``attnseg.bench.compile_check``: within 1e-3 of the largest gradient, or within 2x the conditioning floor, the
+   largest change of the eager float32 gradients when the input is perturbed by a relative 1e-6, 3 draws; a model
+   whose gradient is smooth at this input has a floor of ~1e-6, one with ReLU kinks or BN over a handful of values,
+   such as the DenseUNet family at 64x64, 1e-3), or when compiled is no further (at most 2x) from float64 than eager
+   float32 is. The floor is measured for every model, for the table. Dropout and drop-path are set to zero in both
+   copies (inductor draws its own random numbers, so masks would differ); the number of layers so disabled is
+   recorded.
 3. Compile time: the wall time of the first compiled step (Dynamo capture, AOTAutograd and inductor code generation
    of forward and backward) next to the first eager step. Dynamo's graph and graph-break counters are recorded.
 4. Speed: eager and compiled training steps round-robin (``attnseg.bench.speed.time_interleaved``) for ``--rounds``
@@ -61,11 +63,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 IN_CHANNELS = 1
 NUM_CLASSES = 2
 LOSS_RTOL = 1e-4
-GRAD_RTOL = 1e-3
-# conditioning floor: relative input noise (float32 activations of eager and inductor differ by ~1e-6, measured at
-# the DenseUNet's first dense block), and the number of draws
-PERTURBATION = 1e-6
-PERTURBATION_DRAWS = 3
 _MARK = "COMPILE_SPEEDUP_RESULT "
 
 __all__ = ["main"]
@@ -79,25 +76,11 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".strip()
 
 
-def _disable_dropout(model: Any) -> int:
-    """Set every dropout / drop-path probability to zero; returns how many layers had a non-zero one."""
-    import torch
-
-    count = 0
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
-            m.p = 0.0
-            count += 1
-        elif getattr(m, "drop_prob", 0) and isinstance(m.drop_prob, float):  # timm DropPath
-            m.drop_prob = 0.0
-            count += 1
-    return count
-
-
 def _setup(name: str, config: str, batch: int) -> tuple[Any, Any, Any, dict[str, Any]]:
     """Model (dropout off), input and target of configuration ``config`` (``"test"`` or ``"default"``)."""
     import torch
 
+    from attnseg.bench.compile_check import disable_dropout
     from attnseg.models import create_model, model_info
 
     info = model_info(name)
@@ -105,7 +88,7 @@ def _setup(name: str, config: str, batch: int) -> tuple[Any, Any, Any, dict[str,
     size = tuple(info.test_input_size if config == "test" else info.default_input_size)
     torch.manual_seed(0)
     model = create_model(name, IN_CHANNELS, NUM_CLASSES, **kwargs).train()
-    disabled = _disable_dropout(model)
+    disabled = disable_dropout(model)
     slab = getattr(model, "slab_size", None)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((batch, IN_CHANNELS, *((int(slab),) if slab else ()), *size), generator=gen)
@@ -118,6 +101,15 @@ def _setup(name: str, config: str, batch: int) -> tuple[Any, Any, Any, dict[str,
         "dropout_layers_disabled": disabled,
     }
     return model, x, target, meta
+
+
+def _gradients(model: Any, x: Any, target: Any) -> dict[str, Any]:
+    """Parameter gradients of one cross-entropy forward+backward (no optimizer step)."""
+    import torch.nn.functional as F
+
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), target).backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
 def _train_step(model: Any, optimizer: Any, x: Any, target: Any) -> Any:
@@ -168,12 +160,8 @@ def _worker(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _float64_errors(initial: Any, x: Any, target: Any, grads_e: dict, grads_c: dict) -> dict[str, float | None]:
     """Eager-float32 and compiled gradient errors against eager float64 (the round-off floor of the comparison)."""
-    import torch.nn.functional as F
-
     try:
-        ref = initial.double()
-        F.cross_entropy(ref(x.double()), target).backward()
-        g64 = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+        g64 = _gradients(initial.double(), x.double(), target)
         scale = max(float(g.abs().max()) for g in g64.values())
         err = {
             key: max(float((grads[n].double() - g).abs().max()) for n, g in g64.items() if n in grads) / scale
@@ -182,27 +170,6 @@ def _float64_errors(initial: Any, x: Any, target: Any, grads_e: dict, grads_c: d
     except Exception as exc:  # noqa: BLE001 - a model without float64 support keeps the plain threshold
         return {"grad_eager_vs_fp64": None, "grad_compiled_vs_fp64": None, "fp64_error": _first_line(exc)}
     return err
-
-
-def _perturbation_floor(initial: Any, x: Any, target: Any, grads_e: dict) -> float:
-    """Largest eager-float32 gradient change when the input is perturbed by a relative ``PERTURBATION`` (max over
-    ``PERTURBATION_DRAWS`` draws), relative to the largest eager gradient: how far a different but equally valid
-    order of float32 operations can move the gradients of this model at this input. ReLU kinks and small-batch
-    BN make some configurations ill-conditioned (DenseUNet at 64x64: 2x2 bottleneck maps, BN over 8 values)."""
-    import torch
-    import torch.nn.functional as F
-
-    scale = max(float(g.abs().max()) for g in grads_e.values())
-    worst = 0.0
-    for draw in range(PERTURBATION_DRAWS):
-        gen = torch.Generator().manual_seed(draw)
-        initial.zero_grad(set_to_none=True)
-        noisy = x * (1 + PERTURBATION * torch.randn(x.shape, generator=gen))
-        F.cross_entropy(initial(noisy), target).backward()
-        for n, p in initial.named_parameters():
-            if p.grad is not None and n in grads_e:
-                worst = max(worst, float((p.grad - grads_e[n]).abs().max()) / scale)
-    return worst
 
 
 def _progress(cfg: dict[str, Any], rec: dict[str, Any], stage: str) -> None:
@@ -216,6 +183,7 @@ def _measure(name: str, cfg: dict[str, Any], dynamic: bool | None) -> dict[str, 
     import torch
     import torch._dynamo
 
+    from attnseg.bench.compile_check import gradient_difference, gradients_agree, perturbation_floor
     from attnseg.bench.speed import time_interleaved
     from attnseg.models import model_info
 
@@ -255,11 +223,9 @@ def _measure(name: str, cfg: dict[str, Any], dynamic: bool | None) -> dict[str, 
         _progress(cfg, rec, stage)
         grads_c = {n: p.grad for n, p in model_c.named_parameters() if p.grad is not None}
         missing = sorted(set(grads_e) ^ set(grads_c))
-        scale = max(float(g.abs().max()) for g in grads_e.values())
-        grad_diff = max(float((grads_c[n] - g).abs().max()) for n, g in grads_e.items() if n in grads_c)
         rec["loss_eager"] = float(loss_e)
         rec["loss_rel_diff"] = float((loss_c - loss_e).abs() / loss_e.abs().clamp_min(1e-30))
-        rec["grad_max_rel_diff"] = grad_diff / max(scale, 1e-30)
+        rec["grad_max_rel_diff"] = gradient_difference(grads_c, grads_e)[0]
         sq = [
             (float((grads_c[n] - g).square().sum()), float(g.square().sum()))
             for n, g in grads_e.items()
@@ -268,9 +234,8 @@ def _measure(name: str, cfg: dict[str, Any], dynamic: bool | None) -> dict[str, 
         rec["grad_l2_rel_diff"] = (sum(d for d, _ in sq) / max(sum(r for _, r in sq), 1e-30)) ** 0.5  # all gradients
         rec["grad_params_mismatch"] = missing[:5]
         rec.update(_float64_errors(initial, x, target, grads_e, grads_c))
-        rec["grad_perturbation_floor"] = _perturbation_floor(perturbed, x, target, grads_e)
-        # or no further from eager than eager is from itself on a minutely perturbed input
-        close = rec["grad_max_rel_diff"] <= max(GRAD_RTOL, rec["grad_perturbation_floor"])
+        rec["grad_perturbation_floor"] = perturbation_floor(lambda inp: _gradients(perturbed, inp, target), x, grads_e)
+        close = gradients_agree(rec["grad_max_rel_diff"], rec["grad_perturbation_floor"])  # the conformance rule
         if rec.get("grad_eager_vs_fp64") is not None:  # or no further from float64 than eager float32 is
             close = close or rec["grad_compiled_vs_fp64"] <= 2 * rec["grad_eager_vs_fp64"]
         rec["agree"] = rec["loss_rel_diff"] <= LOSS_RTOL and close and not missing
@@ -344,6 +309,8 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
+    from attnseg.bench.compile_check import FLOOR_FACTOR, GRAD_RTOL, PERTURBATION, PERTURBATION_DRAWS
+
     cfg = doc["settings"]
     colds = {r["inductor_cache"]["cold"] for r in doc["models"]}
     cache = "cold (an empty directory per model)" if colds == {True} else "warm for some models (see the JSON)"
@@ -369,7 +336,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"first compiled step. Speed-up = eager / compiled median wall per round, {cfg['rounds']} interleaved rounds: "
         "median (min..max). Equality of the first step: loss relative difference and largest gradient difference / "
         f"largest gradient (agree: loss <= {LOSS_RTOL:g} and gradients <= {GRAD_RTOL:g}, or compiled no further "
-        "from eager float64 than 2x eager float32's own error, or gradients within the conditioning floor; fp64 "
+        f"from eager float64 than 2x eager float32's own error, or gradients within {FLOOR_FACTOR:g}x the "
+        "conditioning floor; fp64 "
         "column: eager float32 / compiled error against eager float64, the round-off floor; floor column: the "
         f"largest change of eager float32 gradients when the input is perturbed by a relative {PERTURBATION:g} "
         f"({PERTURBATION_DRAWS} draws), where kinks (ReLU, small-batch BN) make the gradient ill-conditioned).",

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnseg.bench.compile_check import disable_dropout
+
 ITERATIONS = 2
 
 
@@ -53,15 +55,13 @@ def config_for(name: str, data: str | Path, out: str | Path, batch_size: int) ->
 
 
 def without_dropout(model: nn.Module) -> nn.Module:
-    """Dropout off (p = 0) in every dropout module.
+    """Dropout and drop-path off (p = 0) in every module that has them.
 
     Dropout draws its masks from each process's own RNG stream (the trainer seeds rank r with seed + r), and some
     masks are shared by the whole batch (MSA2Net's MaxViT relative-position MLP drops entries of a table every
     sample uses), so no single-process run can draw the masks two ranks draw. Everything else runs as configured.
     """
-    for module in model.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd):
-            module.p = 0.0
+    disable_dropout(model)
     return model
 
 
