@@ -262,6 +262,28 @@ def test_non_numeric_arrays_are_refused(rgb_run):
         attnseg.load_run(rgb_run, device="cpu").predict(np.full((8, 8, 3), "a"))
 
 
+def test_nan_and_inf_inputs_are_refused_not_segmented(ct_run, ct_dataset, tmp_path):
+    """One NaN voxel spreads through every convolution window and its argmax is background: refuse the input
+    (the array with a ValueError, a file in a folder as a failed case, exit 2) instead of a silently wrong mask."""
+    path = ct_dataset / "imagesTs" / "test000_0000.nii.gz"
+    image = nib.load(path)
+    volume = np.asarray(image.dataobj).astype(np.float32)
+    volume[0, 0, 0], volume[1, 2, 3], volume[2, 2, 2] = np.nan, np.inf, -np.inf
+    predictor = attnseg.load_run(ct_run, device="cpu")
+    with pytest.raises(ValueError, match=r"image of shape \(48, 40, 12\) holds 1 NaN and 2 infinite voxel\(s\)"):
+        predictor.predict(volume, affine=image.affine)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(volume, image.affine), folder / "bad_0000.nii.gz")
+    nib.save(image, folder / "good_0000.nii.gz")
+    result = runner.invoke(
+        app, ["predict", "--run", str(ct_run), "--input", str(folder), "--output", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "bad_0000.nii.gz: holds 1 NaN and 2 infinite voxel(s)" in result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]
+
+
 def test_predict_files_returns_masks_by_case(ct_run, ct_dataset, tmp_path):
     predictor = attnseg.load_run(ct_run, device="cpu")
     path = ct_dataset / "imagesTs" / "test000_0000.nii.gz"

@@ -40,7 +40,7 @@ from attnseg.data.io import (
 )
 from attnseg.data.preprocess import Plan, preprocess_case, restore_geometry
 from attnseg.errors import AttnsegError
-from attnseg.inference.arrays import image_from_array
+from attnseg.inference.arrays import image_from_array, nonfinite_problem
 from attnseg.inference.overlay import save_overlay
 from attnseg.inference.postprocess import keep_largest_component
 from attnseg.inference.sliding_window import predict_probabilities
@@ -183,6 +183,10 @@ class Predictor:
             raise ImageReadError(item.paths[0], f"has {image.shape[0]} channel(s); the model was trained on {expected}")
         if meta.ndim == 3 and not self.plan.data_is_3d:
             raise ImageReadError(item.paths[0], "is a volume but the model was trained on 2D images")
+        for path, arr in zip(item.paths, arrays, strict=True):
+            problem = nonfinite_problem(arr)
+            if problem:
+                raise ImageReadError(path, problem)
         return image, meta
 
     def _model_channels(self, image: np.ndarray, meta: ImageMeta) -> np.ndarray:
