@@ -50,16 +50,20 @@ def test_fp16_without_cuda_is_refused(ct_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_bf16_inference_agrees_with_fp32_on_a_trained_demo_model(tmp_path):
-    """On the bundled CT, a demo model trained briefly labels >= 99 % of the test scan's voxels the same in bf16."""
+    """On the bundled CT, a demo-recipe model (width 16) trained briefly labels >= 99 % of the voxels of the test
+    scan's five middle slices the same in bf16 (bf16 convolutions are emulated on CPUs without native bf16: the
+    whole scan at the demo's width 24 took 87 s of inference alone)."""
     import dataclasses
 
     from attnseg.data.io import read_image
     from attnseg.demo import demo_config, demo_dataset_path
     from attnseg.inference.predictor import load_run
 
-    cfg = dataclasses.replace(demo_config(tmp_path, iterations=60, device="cpu"), batch_size=4, val_every=60)
+    cfg = demo_config(tmp_path, iterations=60, device="cpu")
+    cfg = dataclasses.replace(cfg, batch_size=4, val_every=60, model_kwargs={"width": 16})
     train(cfg, progress=False)
     image, meta = read_image(demo_dataset_path() / "imagesTs" / "ct_dicom_abdomen_0000.nii.gz")
+    image = image[..., 8:13]  # (1, X, Y, 20 slices): the middle five, on the same affine
     fp32 = load_run(cfg.out, device="cpu").predict(image[0], affine=meta.affine)
     bf16 = load_run(cfg.out, device="cpu", amp="bf16").predict(image[0], affine=meta.affine)
     agreement = float((fp32 == bf16).mean())
