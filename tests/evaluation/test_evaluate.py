@@ -223,6 +223,26 @@ def test_shape_mismatch_names_the_case(folders):
         evaluate_folders(pred_dir, gt_dir, dataset_dir=ds, num_workers=1)
 
 
+def test_grid_mismatches_are_warned_per_case(folders):
+    """A prediction on another grid than its reference (written from a resampled image, a flipped axis) is compared
+    voxel by voxel as nnU-Net does, but each disagreement is reported; float noise in the affine is not."""
+    pred_dir, gt_dir, ds, arrays = folders
+    pred = arrays["c01"][0]
+    shifted = np.diag([*SPACING, 1.0])
+    shifted[:3, 3] = (-10.0, 45.0, 30.0)  # the fixture's origin moved 40 mm along A
+    nib.save(nib.Nifti1Image(pred, shifted), str(pred_dir / "c01.nii.gz"))
+    _write_nifti(pred_dir / "c02.nii.gz", arrays["c02"][0], spacing=[s * (1 + 1e-7) for s in SPACING])
+    summary = evaluate_folders(pred_dir, gt_dir, dataset_dir=ds, num_workers=1)
+    assert len(summary["warnings"]) == 1, summary["warnings"]
+    assert summary["warnings"][0].startswith("case 'c01': prediction origin (-10, 45, 30) mm lies 40 mm from ground ")
+    flipped = np.diag([-SPACING[0], SPACING[1], SPACING[2], 1.0])
+    nib.save(nib.Nifti1Image(pred, flipped), str(pred_dir / "c01.nii.gz"))
+    (warning,) = [
+        w for w in evaluate_folders(pred_dir, gt_dir, dataset_dir=ds, num_workers=1)["warnings"] if "direction" in w
+    ]
+    assert warning.startswith("case 'c01': prediction direction LAS differs from ground truth direction RAS by up to 2")
+
+
 def test_label_outside_dataset_json_names_the_case(folders):
     pred_dir, gt_dir, ds, arrays = folders
     pred = arrays["c02"][0].copy()

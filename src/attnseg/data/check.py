@@ -39,7 +39,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,7 +67,9 @@ __all__ = [
     "Tolerances",
     "cache_path",
     "check_dataset",
+    "compare_geometry",
     "default_workers",
+    "geometry_summary",
     "verify_dataset",
 ]
 
@@ -585,7 +587,14 @@ def _what(role: str, channel: int, declared: _Declared) -> str:
     return f"channel {channel} ({name})" if name else f"channel {channel}"
 
 
-def _compare(ref: dict, other: dict, ref_what: str, other_what: str, tol: Tolerances) -> list[str]:
+def geometry_summary(shape: Sequence[int], affine: Any, spacing: Sequence[float]) -> dict[str, Any]:
+    """The ``shape``, ``spacing``, ``origin`` and ``direction`` (RAS world coordinates) :func:`compare_geometry`
+    takes, from an image's spatial shape, 4x4 voxel -> RAS affine and spacing (:class:`~attnseg.data.io.ImageMeta`)."""
+    origin, direction = _geometry_from_affine(affine, len(shape))
+    return dict(shape=[int(n) for n in shape], spacing=[float(v) for v in spacing], origin=origin, direction=direction)
+
+
+def compare_geometry(ref: dict, other: dict, ref_what: str, other_what: str, tol: Tolerances) -> list[str]:
     """Shape, spacing, origin and direction of ``other`` against ``ref``; one problem per disagreement."""
     problems = []
     if ref["shape"] != other["shape"]:
@@ -683,7 +692,7 @@ def _case_findings(
         for path, role, ch, s in readable:
             if path == ref_path:
                 continue
-            for problem in _compare(ref, s, ref_what, _what(role, ch, declared), tol):
+            for problem in compare_geometry(ref, s, ref_what, _what(role, ch, declared), tol):
                 add("error", cid, _rel(root, path), problem)
     # voxels
     for path, role, _ch, s in readable:

@@ -270,6 +270,7 @@ def _evaluate_file_pair(
     case: str, pred_path: str, gt_path: str, label_spec: LabelSpec, protocol: str | Protocol
 ) -> tuple[dict[str, Any], list[str]]:
     """Worker: read one pair of label files and evaluate them (in a subprocess, the protocol travels by name)."""
+    from attnseg.data.check import Tolerances, compare_geometry, geometry_summary
     from attnseg.data.io import read_label
 
     protocol = get_protocol(protocol)
@@ -281,13 +282,12 @@ def _evaluate_file_pair(
             raise EvaluationError(f"case {case!r}: cannot read {kind} file {path}: {exc}") from None
     (pred, pred_meta), (gt, gt_meta) = arrays
     warnings: list[str] = []
-    if len(pred_meta.spacing) == len(gt_meta.spacing) and not np.allclose(
-        pred_meta.spacing, gt_meta.spacing, rtol=1e-3, atol=1e-6
-    ):
-        warnings.append(
-            f"case {case!r}: prediction spacing {tuple(pred_meta.spacing)} differs from ground truth "
-            f"{tuple(gt_meta.spacing)}; the ground truth's is used"
-        )
+    if pred.shape == gt.shape:  # (a shape mismatch is an error, below)
+        ref, other = (geometry_summary(a.shape, m.affine, m.spacing) for a, m in ((gt, gt_meta), (pred, pred_meta)))
+        warnings += [
+            f"case {case!r}: {problem}; the voxel arrays are compared as they are, with the ground truth's spacing"
+            for problem in compare_geometry(ref, other, "ground truth", "prediction", Tolerances())
+        ]
     result = _evaluate_case(case, pred, gt, gt_meta.spacing, label_spec, protocol)
     result["pred_file"], result["gt_file"] = str(pred_path), str(gt_path)
     return result, warnings
