@@ -108,6 +108,21 @@ def test_png_model_round_trip(rgb_dataset, tmp_path):
     assert _predict(out, img, tmp_path / "pred", "--tta").exit_code == 0
     mask = np.asarray(Image.open(tmp_path / "pred" / "img000.png"))
     assert mask.shape == np.asarray(Image.open(img)).shape[:2] and set(np.unique(mask)) <= {0, 1}
+    # a mask named like its input, written into the input's folder, would replace the image: refused, nothing written
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copy(img, folder / name)
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    for inp in (folder, folder / "b.png"):
+        result = _predict(out, inp, folder)
+        assert result.exit_code == 2, result.output
+        assert (
+            f"output folder {folder}: the mask a.png would overwrite the input image {folder / 'a.png'}"
+            in (result.output)
+            or f"the mask b.png would overwrite the input image {folder / 'b.png'}" in result.output
+        )
+        assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
 
 
 def test_rgb_folder_files_are_cases_not_channels(tmp_path):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnseg.config import ConfigError
 from attnseg.data.dicom_out import Algorithm, write_dicom_seg, write_rtstruct
 from attnseg.data.io import (
     SUPPORTED_SUFFIXES,
@@ -382,10 +383,23 @@ class Predictor:
         ``formats``: the mask files to write (:data:`FORMATS`; see :meth:`output_paths`); none: the input's own
         format (NIfTI for a DICOM series). ``dicom-seg`` and ``rtstruct`` need DICOM series inputs, ``png`` 2D ones.
         """
+        planned = {
+            item.case_id: self.output_paths(
+                item, output_dir, overlay=overlay, probabilities=probabilities, formats=formats
+            )
+            for item in items
+        }
+        inputs = {p.resolve() for item in items for p in item.paths}
+        for path in (p for paths in planned.values() for p in paths.values()):
+            if path.resolve() in inputs:  # refused before anything is written
+                raise ConfigError(
+                    f"output folder {output_dir}: the mask {path.name} would overwrite the input image {path}; "
+                    "choose another output folder"
+                )
         failures: dict[str, str] = {}
         for item in items:
             error: Exception | None = None
-            paths = self.output_paths(item, output_dir, overlay=overlay, probabilities=probabilities, formats=formats)
+            paths = planned[item.case_id]
             try:
                 image, meta, probs, labels = self.predict_item(item, tta=tta)
                 self.write_masks(item, labels, meta, paths)
