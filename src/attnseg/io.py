@@ -34,7 +34,8 @@ __all__ = [
 
 
 class OutputPathError(AttnsegError, OSError):
-    """An output path that cannot be written: it is a folder, or a file stands where its folder should be."""
+    """An output path that cannot be written: it is a folder, a file stands where its folder should be, or its folder
+    does not take new files (read-only, no permission, no space)."""
 
 
 def _umask() -> int:
@@ -63,8 +64,13 @@ def _prepare(path: Path, suffix: str | None) -> Path:
     except (FileExistsError, NotADirectoryError):
         blocker = next(p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir())
         raise OutputPathError(f"{path}: cannot create its folder, {blocker} is a file") from None
+    except OSError as exc:
+        raise OutputPathError(f"{path}: cannot create its folder {path.parent} ({exc.strerror or exc})") from None
     tail = path.suffix if suffix is None else suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{tail}", dir=path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{tail}", dir=path.parent)
+    except OSError as exc:  # read-only or special file system, no permission, no space
+        raise OutputPathError(f"{path}: cannot create a file in {path.parent} ({exc.strerror or exc})") from None
     os.close(fd)
     return Path(tmp_name)
 

@@ -218,6 +218,14 @@ def test_output_paths_that_cannot_be_written_are_user_errors(ct_dataset, tiny_ct
         (["predict", "--run", tiny_ct_run, "-i", ct_dataset / "imagesTs", "-o", blocker], "--output"),
         (["bench", "--model", "unet", "--input-size", "32", "32", "--json", blocker / "b.json"], "notes.txt is a file"),
     ]
+    # a folder that takes no new files: /proc refuses them even to root (chmod would not stop root)
+    cases += [
+        (["evaluate", "--pred", predicted, "--gt", ct_dataset / "labelsTs", "--out", "/proc/s.json"], "/proc/s.json"),
+        (["export", "--run", tiny_ct_run, "-o", "/proc/m.onnx"], "/proc/m.onnx: cannot create a file in /proc"),
+        (["predict", "--run", tiny_ct_run, "-i", ct_dataset / "imagesTs", "-o", "/proc/p"], "/proc/p: cannot be"),
+        (["predict", "--run", tiny_ct_run, "-i", ct_dataset / "imagesTs", "-o", blocker / "sub"], "sub: cannot be"),
+        (["train", "-m", "unet", "-d", ct_dataset, "-o", "/proc/run", "-q"], "/proc/run (No such file"),
+    ]
     for args, fragment in cases:
         _assert_clean_error(_invoke(*args), fragment)
     _assert_clean_error(_train(ct_dataset, blocker), "--out", "is a file")

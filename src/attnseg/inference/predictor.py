@@ -396,6 +396,10 @@ class Predictor:
                     f"output folder {output_dir}: the mask {path.name} would overwrite the input image {path}; "
                     "choose another output folder"
                 )
+        try:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, a read-only or special file system, no permission
+            raise ConfigError(f"output folder {output_dir}: cannot be created ({exc.strerror or exc})") from None
         failures: dict[str, str] = {}
         for item in items:
             error: Exception | None = None
