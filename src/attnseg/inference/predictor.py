@@ -396,8 +396,10 @@ class Predictor:
                     f"output folder {output_dir}: the mask {path.name} would overwrite the input image {path}; "
                     "choose another output folder"
                 )
+        folder = Path(output_dir)
+        created = not folder.exists()
         try:
-            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file in the way, a read-only or special file system, no permission
             raise ConfigError(f"output folder {output_dir}: cannot be created ({exc.strerror or exc})") from None
         failures: dict[str, str] = {}
@@ -419,6 +421,8 @@ class Predictor:
                 failures[item.case_id] = str(exc)
             if on_done is not None:
                 on_done(item, error)
+        if created and not any(folder.iterdir()):  # every case failed: leave no empty folder behind
+            folder.rmdir()
         return failures
 
 
