@@ -9,6 +9,7 @@ run with onnxruntime and compared with PyTorch; the maximum difference is stored
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -71,20 +72,27 @@ def export_onnx(
     example = torch.randn(1, channels, *slab, *plan.input_size, generator=torch.Generator().manual_seed(0))
     spatial_axes = {2 + len(slab) + i: f"dim{i}" for i in range(len(plan.input_size))}
     with atomic_path(output) as tmp:
-        try:
-            torch.onnx.export(
-                model,
-                (example,),
-                str(tmp),
-                dynamo=False,
-                opset_version=opset,
-                input_names=["image"],
-                output_names=["logits"],
-                dynamic_axes={"image": {0: "batch", **spatial_axes}, "logits": {0: "batch"}},
-            )
-        except torch.onnx.errors.UnsupportedOperatorError as exc:  # an operator newer than the opset asked for
-            first = str(exc).splitlines()[0]
-            raise ExportError(f"opset {opset}: {name!r} needs a newer opset ({first}); the default 17 works") from None
+        with warnings.catch_warnings():
+            # the tracer's notes on Python-side shape checks (constant for the traced graph; the dynamic axes are
+            # checked against onnxruntime below) and on eval-mode InstanceNorm are not the user's concern
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=r".*ONNX export mode is set to TrainingMode.EVAL")
+            try:
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(tmp),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=["image"],
+                    output_names=["logits"],
+                    dynamic_axes={"image": {0: "batch", **spatial_axes}, "logits": {0: "batch"}},
+                )
+            except torch.onnx.errors.UnsupportedOperatorError as exc:  # an operator newer than the opset asked for
+                first = str(exc).splitlines()[0]
+                raise ExportError(
+                    f"opset {opset}: {name!r} needs a newer opset ({first}); the default 17 works"
+                ) from None
         max_diff = _check_onnxruntime(str(tmp), model, example) if check else None
         if max_diff is not None and max_diff > atol:
             raise RuntimeError(f"{output}: onnxruntime differs from PyTorch by {max_diff:.2e} (> {atol:g})")
