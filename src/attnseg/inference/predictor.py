@@ -230,7 +230,7 @@ class Predictor:
 
         Raises:
             ValueError: the array's shape (named, with the forms this run accepts), dtype, ``affine`` or
-                ``spacing`` do not fit (both given, not 4x4, wrong length).
+                ``spacing`` do not fit (both given, not 4x4, wrong length), or it holds NaN or infinite values.
         """
         array, meta = image_from_array(image, self.plan, affine=affine, spacing=spacing)
         probs = self.predict_case(self._model_channels(array, meta), meta, tta=tta)
@@ -382,6 +382,10 @@ class Predictor:
 
         ``formats``: the mask files to write (:data:`FORMATS`; see :meth:`output_paths`); none: the input's own
         format (NIfTI for a DICOM series). ``dicom-seg`` and ``rtstruct`` need DICOM series inputs, ``png`` 2D ones.
+
+        Raises:
+            ConfigError: before anything is written, when a mask would overwrite one of the inputs or ``output_dir``
+                cannot be created (an output folder created here is removed again if every case fails).
         """
         planned = {
             item.case_id: self.output_paths(
@@ -489,7 +493,7 @@ def load_run(
         RunError: not a run directory, a missing checkpoint, the same run twice, runs that cannot ensemble.
         ConfigError: a device this machine does not have.
     """
-    from attnseg.config import ConfigError, resolve_device
+    from attnseg.config import resolve_device
 
     if checkpoint not in ("best", "last"):
         raise RunError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
