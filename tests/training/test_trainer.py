@@ -111,6 +111,25 @@ def test_resume_equals_uninterrupted(ct_dataset, tmp_path):
     assert l1 == pytest.approx(l2, rel=1e-5)
 
 
+@pytest.mark.slow
+def test_compiled_training_gives_the_eager_weights_in_plain_checkpoints(ct_dataset, tmp_path, monkeypatch):
+    """``--compile`` end to end: the compiled run trains to the eager run's weights (``aot_eager``, which runs the
+    same kernels; the conformance suite checks inductor's numerics per model) and writes checkpoints under the
+    model's own parameter names (no ``_orig_mod.`` prefix), which a second, resumed run and ``attnseg predict``
+    load."""
+    from attnseg.inference.predictor import load_run
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="aot_eager"))
+    kw = dict(iterations=6, val_every=3, augment=AugmentConfig(0, 0, 0))
+    train(_cfg(ct_dataset, tmp_path / "eager", **kw), progress=False)
+    train(_cfg(ct_dataset, tmp_path / "compiled", compile=True, **kw), progress=False)
+    _assert_same_weights(tmp_path / "eager", tmp_path / "compiled")
+    train(_cfg(ct_dataset, tmp_path / "compiled", compile=True, **{**kw, "iterations": 8}), resume=True, progress=False)
+    volume = torch.zeros(40, 36, 6).numpy()
+    assert load_run(tmp_path / "compiled", device="cpu").predict(volume).shape == volume.shape
+
+
 def test_loader_workers_do_not_change_the_run(ct_dataset, tmp_path):
     """Samples are a function of (seed, index): two worker processes give the weights of the in-process loader."""
     for workers in (0, 2):
