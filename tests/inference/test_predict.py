@@ -114,15 +114,19 @@ def test_png_model_round_trip(rgb_dataset, tmp_path):
     for name in ("a.png", "b.png"):
         shutil.copy(img, folder / name)
     before = {f.name: f.read_bytes() for f in folder.iterdir()}
-    for inp in (folder, folder / "b.png"):
+    for inp, first in ((folder, "a.png"), (folder / "b.png", "b.png")):
         result = _predict(out, inp, folder)
         assert result.exit_code == 2, result.output
-        assert (
-            f"output folder {folder}: the mask a.png would overwrite the input image {folder / 'a.png'}"
-            in (result.output)
-            or f"the mask b.png would overwrite the input image {folder / 'b.png'}" in result.output
-        )
+        said = " ".join(result.output.split())
+        assert f"output folder {folder}: the mask {first} would overwrite the input image {folder / first}" in said
         assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+    # one case name, two formats: each input gets its own mask (x.jpg -> x.png, x.tif -> x.tif)
+    twins = tmp_path / "twins"
+    twins.mkdir()
+    for suffix in (".jpg", ".tif"):
+        Image.open(img).save(twins / f"x{suffix}")
+    assert _predict(out, twins, tmp_path / "twins_out").exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "twins_out").iterdir()) == ["x.png", "x.tif"]
 
 
 def test_rgb_folder_files_are_cases_not_channels(tmp_path):

@@ -119,11 +119,18 @@ def test_compiled_training_gives_the_eager_weights_in_plain_checkpoints(ct_datas
     load."""
     from attnseg.inference.predictor import load_run
 
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="aot_eager"))
+    real_compile, compiled = torch.compile, []
+
+    def compile_aot_eager(model, **kw):
+        compiled.append(type(model).__name__)
+        return real_compile(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", compile_aot_eager)
     kw = dict(iterations=6, val_every=3, augment=AugmentConfig(0, 0, 0))
     train(_cfg(ct_dataset, tmp_path / "eager", **kw), progress=False)
+    assert not compiled
     train(_cfg(ct_dataset, tmp_path / "compiled", compile=True, **kw), progress=False)
+    assert compiled, "--compile did not compile the model"
     _assert_same_weights(tmp_path / "eager", tmp_path / "compiled")
     train(_cfg(ct_dataset, tmp_path / "compiled", compile=True, **{**kw, "iterations": 8}), resume=True, progress=False)
     volume = torch.zeros(40, 36, 6).numpy()

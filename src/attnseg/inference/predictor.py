@@ -387,14 +387,12 @@ class Predictor:
             ConfigError: before anything is written, when a mask would overwrite one of the inputs or ``output_dir``
                 cannot be created (an output folder created here is removed again if every case fails).
         """
-        planned = {
-            item.case_id: self.output_paths(
-                item, output_dir, overlay=overlay, probabilities=probabilities, formats=formats
-            )
+        planned = [
+            self.output_paths(item, output_dir, overlay=overlay, probabilities=probabilities, formats=formats)
             for item in items
-        }
+        ]
         inputs = {p.resolve() for item in items for p in item.paths}
-        for path in (p for paths in planned.values() for p in paths.values()):
+        for path in (p for paths in planned for p in paths.values()):
             if path.resolve() in inputs:  # refused before anything is written
                 raise ConfigError(
                     f"output folder {output_dir}: the mask {path.name} would overwrite the input image {path}; "
@@ -407,9 +405,8 @@ class Predictor:
         except OSError as exc:  # a file in the way, a read-only or special file system, no permission
             raise ConfigError(f"output folder {output_dir}: cannot be created ({exc.strerror or exc})") from None
         failures: dict[str, str] = {}
-        for item in items:
+        for item, paths in zip(items, planned, strict=True):
             error: Exception | None = None
-            paths = planned[item.case_id]
             try:
                 image, meta, probs, labels = self.predict_item(item, tta=tta)
                 self.write_masks(item, labels, meta, paths)
