@@ -160,11 +160,12 @@ def _worker(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _float64_errors(initial: Any, x: Any, target: Any, grads_e: dict, grads_c: dict) -> dict[str, float | None]:
     """Eager-float32 and compiled gradient errors against eager float64 (the round-off floor of the comparison)."""
+    from attnseg.bench.compile_check import gradient_difference
+
     try:
         g64 = _gradients(initial.double(), x.double(), target)
-        scale = max(float(g.abs().max()) for g in g64.values())
         err = {
-            key: max(float((grads[n].double() - g).abs().max()) for n, g in g64.items() if n in grads) / scale
+            key: gradient_difference(grads, g64)[0]  # float32 - float64 is computed in float64
             for key, grads in (("grad_eager_vs_fp64", grads_e), ("grad_compiled_vs_fp64", grads_c))
         }
     except Exception as exc:  # noqa: BLE001 - a model without float64 support keeps the plain threshold
