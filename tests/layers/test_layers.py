@@ -14,6 +14,7 @@ from torch import nn
 
 import attnseg.layers
 from attnseg.layers import (
+    FAST_BACKWARD_MIN_BATCH,
     ConvBNAct,
     ConvNormAct,
     channel_pool,
@@ -21,7 +22,9 @@ from attnseg.layers import (
     conv_bn_act,
     init_conv_fan_out_,
     padded_size,
+    same_conv2d,
     to_pair,
+    uses_fast_backward,
 )
 
 
@@ -203,3 +206,45 @@ def test_layers_depend_only_on_torch_timm_monai_einops() -> None:
                 assert name.startswith("attnseg.layers"), f"{path.name} imports {name}"
     assert sorted(attnseg.layers.__all__) == sorted(set(attnseg.layers.__all__))
     assert all(hasattr(attnseg.layers, n) for n in attnseg.layers.__all__)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Conv2d(2, 1, 7, padding=9, dilation=3),  # MALUNet's SAB conv
+        lambda: nn.Conv2d(3, 5, 3, padding=1, bias=False),
+        lambda: nn.Conv2d(6, 6, 3, padding=7, dilation=7, groups=6),  # DGA's dilated depthwise convs
+        lambda: nn.Conv2d(8, 8, 5, padding=2, groups=8, bias=False),  # the gated attention's depthwise 5x5
+    ],
+)
+def test_same_conv2d_backward_equals_autograd(make) -> None:
+    torch.manual_seed(0)
+    conv = make().double()
+    x = torch.randn(4, conv.in_channels, 11, 13, dtype=torch.float64)  # batch 4: the hand-written backward
+    g = torch.randn(4, conv.out_channels, 11, 13, dtype=torch.float64)
+    grads = []
+    for fn in (same_conv2d, lambda t, c: c(t)):
+        conv.zero_grad(set_to_none=True)
+        xx = x.clone().requires_grad_(True)
+        y = fn(xx, conv)
+        assert torch.equal(y, conv(x))  # the forward is F.conv2d itself
+        y.backward(g)
+        grads.append([xx.grad] + [p.grad for p in conv.parameters()])
+    assert "SameConv2d" in type(same_conv2d(x.clone().requires_grad_(True), conv).grad_fn).__name__
+    for fast, ref in zip(*grads):
+        torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("conv", "batch"),
+    [
+        (nn.Conv2d(4, 4, 3, padding=1, groups=4), FAST_BACKWARD_MIN_BATCH - 1),  # batch below the threshold
+        (nn.Conv2d(4, 4, 3, padding=1, stride=2), 4),  # strided
+        (nn.Conv2d(4, 4, 3, padding=0), 4),  # not size-preserving
+        (nn.Conv2d(4, 8, 3, padding=1, groups=4), 4),  # grouped, two filters per group
+    ],
+)
+def test_same_conv2d_falls_back_to_the_module(conv: nn.Conv2d, batch: int) -> None:
+    x = torch.randn(batch, 4, 8, 8, requires_grad=True)
+    assert type(same_conv2d(x, conv).grad_fn).__name__ == "ConvolutionBackward0"
+    assert not uses_fast_backward(x.detach())  # no autograd, no hand-written backward

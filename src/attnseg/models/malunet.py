@@ -59,7 +59,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from attnseg.layers import channel_pool, check_divisible, init_conv_fan_out_
+from attnseg.layers import channel_pool, check_divisible, init_conv_fan_out_, same_conv2d, uses_fast_backward
 from attnseg.models.official import load_mapped, register_official
 from attnseg.models.registry import register_model
 
@@ -89,6 +89,11 @@ def _gn(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(_GROUPS, channels)
 
 
+def _conv(conv: nn.Conv2d, x: torch.Tensor, impl: Impl) -> torch.Tensor:
+    # The fast path's same-padded convs (depthwise, SAB) take the forward-conv backward of attnseg.layers.same_conv
+    return same_conv2d(x, conv) if impl == "fast" else conv(x)
+
+
 class DepthwiseSeparableConv(nn.Module):
     """Depthwise kxk conv -> GroupNorm(4) -> pointwise 1x1 conv, no activation (the official depthwise helper).
 
@@ -103,10 +108,11 @@ class DepthwiseSeparableConv(nn.Module):
         self.depthwise = nn.Conv2d(in_channels, in_channels, kernel_size, padding=kernel_size // 2, groups=in_channels)
         self.norm = _gn(in_channels)
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1)
+        self.impl: Impl = "fast"  # set by MALUNet.set_impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # docs/models/malunet.md §2.1: DW conv -> GN -> PW conv
-        return self.pointwise(self.norm(self.depthwise(x)))
+        return self.pointwise(self.norm(_conv(self.depthwise, x, self.impl)))
 
 
 class GatedAttentionUnit(nn.Module):
@@ -152,12 +158,13 @@ class DGA(nn.Module):
         self.norm = _gn(in_channels)
         self.proj = nn.Conv2d(in_channels, in_channels, 1)
         self.gau = GatedAttentionUnit(in_channels, out_channels)
+        self.impl: Impl = "fast"  # set by MALUNet.set_impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # docs/models/malunet.md §2.2 step 1 (paper: DGA's multi-dilation part):
         # [B, C, H, W] -> 4 x [B, C/4, H, W] -> [B, C, H, W]
         chunks = torch.chunk(x, 4, dim=1)
-        x = torch.cat([conv(c) for conv, c in zip(self.dilated, chunks)], dim=1)
+        x = torch.cat([_conv(conv, c, self.impl) for conv, c in zip(self.dilated, chunks)], dim=1)
         z = F.gelu(self.proj(self.norm(x)))
         return self.gau(z)
 
@@ -216,9 +223,7 @@ class SAB(nn.Module):
         """Return the spatial gate s in (0, 1), [B, 1, H, W]."""
         # docs/models/malunet.md §2.4 (paper: SAB): s = sigmoid(conv([mean_c(x), max_c(x)]))
         pooled = channel_pool(x, order=("mean", "max"))  # [B, 2, H, W]
-        if self.impl == "reference":
-            return torch.sigmoid(self.conv(pooled))
-        return torch.sigmoid(_same_conv(pooled, self.conv))
+        return torch.sigmoid(_conv(self.conv, pooled, self.impl))
 
 
 class CAB(nn.Module):
@@ -374,7 +379,7 @@ class MALUNet(nn.Module):
         if impl not in _IMPLS:
             raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
         for m in self.modules():
-            if isinstance(m, SAB):
+            if isinstance(m, (SAB, DGA, DepthwiseSeparableConv)):
                 m.impl = impl
         self._impl: Impl = impl
         return self
@@ -439,14 +444,6 @@ def _tracing() -> bool:
     return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-_FAST_MIN_BATCH = 4  # SAB conv and upsampling backward: faster at batch 8, slower at batch 1 (bench_malunet.py)
-
-
-def _autograd_cpu(x: torch.Tensor) -> bool:
-    cpu_grad = x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled()
-    return cpu_grad and x.shape[0] >= _FAST_MIN_BATCH and not _tracing()
-
-
 class _MaxPool2(torch.autograd.Function):
     """2x2 max-pool for autograd on CPU: PyTorch's channels-last kernel forward, an index scatter backward.
 
@@ -485,46 +482,6 @@ def _pool2(x: torch.Tensor, fast: bool = True) -> torch.Tensor:
     return torch.maximum(top, torch.maximum(v[..., 1, :, 0], v[..., 1, :, 1]), out=top)
 
 
-class _SameConv(torch.autograd.Function):
-    """A stride-1, "same"-padded conv whose backward runs as two forward convs (the SAB conv, docs/models/malunet.md
-    §2.4). Forward: ``F.conv2d``. On CPU the oneDNN backward of this 2 -> 1 channel, 7x7 dilated conv is several
-    times slower than its forward; the input gradient is the conv of the output gradient with the flipped kernel,
-    the weight gradient the conv of the padded input with the output gradient (stride = dilation)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, dilation: int
-    ) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.dilation, ctx.has_bias = padding, dilation, bias is not None
-        return F.conv2d(x, weight, bias, padding=padding, dilation=dilation)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        p, d = ctx.padding, ctx.dilation
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.conv2d(grad, weight.flip(-1, -2).transpose(0, 1), padding=p, dilation=d)
-        if ctx.needs_input_grad[1]:
-            # [C_in, B, H + 2p, W + 2p] * [C_out, B, H, W] -> [C_in, C_out, k, k]
-            xp = F.pad(x, (p, p, p, p)).transpose(0, 1)
-            grad_w = F.conv2d(xp, grad.transpose(0, 1), stride=d).transpose(0, 1)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum(dim=(0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
-
-
-def _same_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    k, d, p = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
-    same = conv.groups == 1 and conv.stride == (1, 1) and conv.kernel_size == (k, k) and conv.dilation == (d, d)
-    fits = same and conv.padding == (p, p) and 2 * p == d * (k - 1)
-    if not (fits and _autograd_cpu(x)) or torch.is_autocast_enabled(x.device.type):  # autocast: reference op
-        return conv(x)
-    return _SameConv.apply(x, conv.weight, conv.bias, p, d)
-
-
 def _interp_matrix(n: int, like: torch.Tensor) -> torch.Tensor:
     """[2n, n] matrix of the 1D bilinear (align_corners) x2 upsampling, from F.interpolate itself (same weights)."""
     key = (n, like.dtype, like.device)
@@ -558,7 +515,7 @@ class _Up2(torch.autograd.Function):
 
 def _up2(x: torch.Tensor, fast: bool = True) -> torch.Tensor:
     # Functional (not nn.Upsample), as in the official model, so thop's MAC count matches the paper's.
-    if fast and _autograd_cpu(x):
+    if fast and uses_fast_backward(x):
         return _Up2.apply(x)
     return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
 

@@ -1,0 +1,94 @@
+"""A stride-1, "same"-padded 2D conv whose CPU backward runs as forward convolutions.
+
+On CPU, oneDNN's backward of some conv shapes is many times slower than their forward: the depthwise 5x5 and
+dilated depthwise 3x3 convs of MALUNet's DGA and gated attention (Ruan et al., BIBM 2022), whose weight gradient falls
+to a GEMM fallback on NCHW tensors and whose joint data + weight backward costs more than the two separately, and the
+2 -> 1 channel dilated 7x7 conv of MALUNet's spatial attention bridge. For a stride-1 conv whose padding keeps the
+size (``2 * padding == dilation * (kernel - 1)``) the backward has closed forms (docs/models/malunet.md §7):
+
+- input gradient: the same conv applied to the output gradient with the kernel flipped in space (and, for a dense
+  conv, its in/out channels swapped);
+- weight gradient: for a dense conv, a conv of the padded input (batch as channels) with the output gradient as
+  kernel, stride = dilation; for a depthwise conv, oneDNN's weight-only backward, on channels-last copies for kernels
+  of 5 and more, where oneDNN has a direct kernel.
+
+The forward is ``F.conv2d`` itself (identical values); gradients equal PyTorch's up to float rounding.
+:func:`same_conv2d` takes this path only for CPU autograd at batch >= 4 outside tracing / ``torch.compile`` /
+autocast (at batch 1 PyTorch's own kernels are as fast), and calls the module otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FAST_BACKWARD_MIN_BATCH", "same_conv2d", "uses_fast_backward"]
+
+FAST_BACKWARD_MIN_BATCH = 4  # below this batch PyTorch's own backward kernels are as fast (benchmarks/bench_malunet.py)
+
+
+def uses_fast_backward(x: torch.Tensor) -> bool:
+    """True when ``x`` would take a hand-written CPU backward: CPU autograd, batch >= 4, no tracing / compile."""
+    tracing = torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+    cpu_grad = x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled()
+    return cpu_grad and x.shape[0] >= FAST_BACKWARD_MIN_BATCH and not tracing
+
+
+class _SameConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        padding: int,
+        dilation: int,
+        groups: int,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation, ctx.groups, ctx.has_bias = padding, dilation, groups, bias is not None
+        return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=groups)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        p, d, groups = ctx.padding, ctx.dilation, ctx.groups
+        grad_x = grad_w = grad_b = None
+        depthwise = groups > 1
+        if ctx.needs_input_grad[0]:
+            flipped = weight.flip(-1, -2) if depthwise else weight.flip(-1, -2).transpose(0, 1)
+            grad_x = F.conv2d(grad, flipped, padding=p, dilation=d, groups=groups)
+        if ctx.needs_input_grad[1] and depthwise:
+            if weight.shape[-1] >= 5:
+                grad, x = (
+                    grad.contiguous(memory_format=torch.channels_last),
+                    x.contiguous(memory_format=torch.channels_last),
+                )
+            grad_w = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], [p, p], [d, d], False, [0, 0], groups, [False, True, False]
+            )[1]
+        elif ctx.needs_input_grad[1]:
+            # [C_in, B, H + 2p, W + 2p] * [C_out, B, H, W] -> [C_in, C_out, k, k]
+            xp = F.pad(x, (p, p, p, p)).transpose(0, 1)
+            grad_w = F.conv2d(xp, grad.transpose(0, 1), stride=d).transpose(0, 1)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def same_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(x)``, with the backward of the module docstring when ``conv`` is a same-padded stride-1 square conv
+    (dense, or depthwise with one filter per channel) and ``x`` is in a CPU autograd graph at batch >= 4."""
+    k, d, p = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
+    square = conv.kernel_size == (k, k) and conv.dilation == (d, d) and conv.padding == (p, p)
+    shape_ok = conv.stride == (1, 1) and square and 2 * p == d * (k - 1) and conv.padding_mode == "zeros"
+    depthwise = conv.groups == conv.in_channels == conv.out_channels
+    if not (shape_ok and (conv.groups == 1 or depthwise) and uses_fast_backward(x)):
+        return conv(x)
+    if torch.is_autocast_enabled(x.device.type):  # autocast: the module's own op and dtype rules
+        return conv(x)
+    return _SameConv2d.apply(x, conv.weight, conv.bias, p, d, conv.groups)
