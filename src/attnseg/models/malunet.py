@@ -33,10 +33,10 @@ Deviations from the official code (none changes the function computed with given
   restores the official op sequence). Same forward values (bitwise); gradients equal up to float rounding
   (docs/models/malunet.md, "Fast CPU path"): the 2x2 max-pools run PyTorch's channels-last kernel with an index
   scatter backward (same indices, so identical gradients), or, without autograd, a max of the four strided window
-  views; from batch 4 on, the SAB conv's backward runs as two forward convs and the bilinear x2 upsampling's
+  views; from batch 4 on, the backward of the SAB conv and of the depthwise convs (DGA, gated attention) runs as
+  forward convs plus a weight-only backward (``attnseg.layers.same_conv2d``), and the bilinear x2 upsampling's
   backward as two matmuls with its interpolation matrices (at batch 1 PyTorch's own kernels are faster). GPU
-  tensors, TorchScript / ONNX tracing and ``torch.compile`` use the reference
-  ops.
+  tensors, TorchScript / ONNX tracing and ``torch.compile`` use the reference ops.
 - Kept for fidelity (flagged as probably unintended in docs/models/malunet.md, B7): the bridge returns
   ``c * (x + s * x) + s * x``, adding the SAB product, not the raw skip, as the last residual.
 
