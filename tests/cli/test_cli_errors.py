@@ -5,10 +5,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from attnseg.cli.args import join_multi_value_options
@@ -285,3 +287,50 @@ def test_a_command_line_that_does_not_parse_is_one_line_exit_2():
         assert lines[0].startswith("error: ") and fragment in lines[0] and f"attnseg {args[0]} --help" in lines[0]
     version = run("--version")
     assert version.returncode == 0 and version.stdout.startswith("attnseg ")
+
+
+def test_converters_and_check_data_never_overwrite_their_inputs(tmp_path) -> None:
+    # check-data --json inside the dataset, convert-weights onto its own checkpoint: refused, inputs untouched
+    from safetensors.torch import load_file
+    from synthetic import make_ct_dataset
+
+    ds = make_ct_dataset(tmp_path / "ds")
+    before = (ds / "dataset.json").read_bytes()
+    result = CliRunner().invoke(app, ["check-data", str(ds), "--json", str(ds / "dataset.json")])
+    assert result.exit_code == 2 and "lies inside the dataset" in result.output, result.output
+    assert (ds / "dataset.json").read_bytes() == before
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "official" / "malunet" / "default_256" / "weights.safetensors"
+    ckpt = tmp_path / "official.safetensors"
+    ckpt.write_bytes(fixture.read_bytes())
+    args = ["convert-weights", str(ckpt), str(ckpt), "--official-class", "models.malunet.MALUNet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "would overwrite the checkpoint" in result.output, result.output
+    assert ckpt.read_bytes() == fixture.read_bytes()
+    bad = [
+        (b"", "zero.pth", "EOFError"),
+        (fixture.read_bytes()[:1000], "trunc.safetensors", "cannot load as safetensors"),
+    ]
+    for payload, name, problem in bad:
+        (tmp_path / name).write_bytes(payload)
+        result = CliRunner().invoke(
+            app, ["convert-weights", str(tmp_path / name), str(tmp_path / "o.safetensors")] + args[3:]
+        )
+        assert result.exit_code == 2 and problem in result.output and "Traceback" not in result.output, result.output
+    for kwargs, problem in [('{"foo": 1}', "unexpected keyword argument 'foo'"), ('{"num_classes": 0}', ">= 1")]:
+        result = CliRunner().invoke(app, [*args[:2], str(tmp_path / "o.safetensors"), *args[3:], "--kwargs", kwargs])
+        assert result.exit_code == 2 and f"--kwargs {kwargs}" in result.output and problem in result.output
+    torch.save(load_file(str(fixture)), tmp_path / "good.pth")
+    result = CliRunner().invoke(
+        app,
+        [
+            "convert-weights",
+            str(tmp_path / "good.pth"),
+            str(tmp_path / "o.safetensors"),
+            *args[3:],
+            "--kwargs",
+            '{"num_classes": 2}',
+        ],
+    )
+    assert result.exit_code == 2 and str(tmp_path / "good.pth") in result.output and "shape mismatches" in result.output
+    assert not (tmp_path / "o.safetensors").exists()

@@ -215,6 +215,12 @@ def test_destination_rules_and_overwrite(tmp_path):
         convert_dataset("isic2018", src, src / "converted")
     with pytest.raises(DatasetError, match="unknown dataset"):
         convert_dataset("isic2019", src, tmp_path / "x")
+    with pytest.raises(DatasetError, match="must not contain the source"):  # --overwrite would delete the source
+        convert_dataset("isic2018", src, tmp_path, overwrite=True)
+    assert (src / "ISIC2018_Task1-2_Training_Input").is_dir()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DatasetError, match="afile exists and is not a folder"):
+        convert_dataset("isic2018", src, tmp_path / "afile" / "out")
     convert_dataset("ISIC-2018", src, out, overwrite=True)
     assert (out / "dataset.json").exists() and not (out / "keep.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
@@ -278,6 +284,9 @@ def test_tn3k_without_fold_files_and_bad_fold(tmp_path):
     with pytest.raises(DatasetError, match="tn3k-trainval-fold0.json.*index 99"):
         convert_dataset("tn3k", src, tmp_path / "out2")
     _no_leftovers(tmp_path, "out2")
+    (src / "tn3k-trainval-fold0.json").write_text(json.dumps({"train": None, "val": [0]}))
+    with pytest.raises(DatasetError, match="'train' must be a list, got NoneType"):
+        convert_dataset("tn3k", src, tmp_path / "out2")
 
 
 def test_ddti_split_and_mask_size_error(tmp_path):
@@ -300,7 +309,30 @@ def test_ddti_split_and_mask_size_error(tmp_path):
     assert _png(out / f"images{part}" / "ddti_0_0000.png").ndim == 2
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(src / "mask" / "7.PNG")
     with pytest.raises(DatasetError, match=r"7\.PNG: mask size 5x5"):
-        convert_dataset("ddti", src, tmp_path / "out2")
+        convert_dataset("ddti", src, tmp_path / "new" / "deeper" / "out2")
+    assert not (tmp_path / "new").exists()  # the parents a failed conversion created are removed again
+
+
+def test_ddti_16_bit_images_keep_their_depth(tmp_path):
+    rng = np.random.default_rng(4)
+    src = tmp_path / "DDTI"
+    for i in range(3):
+        _save((rng.random((18, 22)) > 0.5).astype(np.uint8) * 255, src / "mask" / f"{i}.png")
+    deep = rng.integers(0, 4096, (18, 22)).astype(np.uint16)
+    deep[0, 0] = 300  # 300 mod 256 = 44: the value an 8-bit cast used to write
+    _save(deep, src / "image" / "0.png")
+    for i in (1, 2):
+        _save(rng.integers(0, 256, (18, 22), dtype=np.uint8), src / "image" / f"{i}.png")
+    out = convert_dataset("ddti", src, tmp_path / "out", max_size=None).root
+    written = next(out.glob("images*/ddti_0_0000.png"))
+    np.testing.assert_array_equal(_png(written), deep)
+    half = convert_dataset("ddti", src, tmp_path / "half", max_size=16).root  # resized 16-bit: still 16 bits
+    small = _png(next(half.glob("images*/ddti_0_0000.png")))
+    assert small.dtype == np.uint16 and small.shape == (13, 16) and small.max() > 255
+    _save(np.full((18, 22), 0.5, np.float32), src / "image" / "0.tif")
+    (src / "image" / "0.png").unlink()
+    with pytest.raises(DatasetError, match=r"0\.tif: float32 grey image"):
+        convert_dataset("ddti", src, tmp_path / "float")
 
 
 # ------------------------------------------------------------------------------------------------------- ACDC
@@ -382,6 +414,10 @@ def test_acdc_bad_label_value(tmp_path):
     with pytest.raises(DatasetError, match=r"patient002_frame01_gt\.nii\.gz: label values \[5\]"):
         convert_dataset("acdc", src, tmp_path / "out")
     _no_leftovers(tmp_path, "out")
+    info = src / "database" / "training" / "patient001" / "Info.cfg"
+    info.write_text("ED: inf\nES: 5\n")
+    with pytest.raises(DatasetError, match=r"Info\.cfg: cannot read the ED frame number from 'ED: inf'"):
+        convert_dataset("acdc", src, tmp_path / "out")
 
 
 # ---------------------------------------------------------------------------------------------------- Synapse
@@ -484,6 +520,24 @@ def test_synapse_transunet_release_errors(tmp_path):
     (src / "train_npz" / "notes.txt").write_text("x")
     with pytest.raises(DatasetError, match="notes.txt: not a TransUNet slice file"):
         convert_dataset("synapse", src, tmp_path / "out")
+    (src / "train_npz" / "notes.txt").unlink()
+    broken = src / "train_npz" / "case0005_slice001.npz"
+    good = (src / "train_npz" / "case0005_slice000.npz").read_bytes()
+    for payload, problem in [
+        (b"", "EOFError"),
+        (good[:100], "BadZipFile"),
+        (None, "holds a single array"),
+        ({"image": np.full((16, 16), "a"), "label": np.zeros((16, 16))}, "'image' holds <U1 values"),
+    ]:
+        if isinstance(payload, bytes):
+            broken.write_bytes(payload)
+        elif payload is None:
+            with broken.open("wb") as f:
+                np.save(f, np.zeros(3))
+        else:
+            np.savez(broken, **payload)
+        with pytest.raises(DatasetError, match=f"case0005_slice001.npz: .*{problem}"):
+            convert_dataset("synapse", src, tmp_path / "out")
     _no_leftovers(tmp_path, "out")
 
 

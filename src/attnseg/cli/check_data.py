@@ -56,9 +56,14 @@ def check_data_command(
     from rich.table import Table
     from rich.text import Text
 
+    from attnseg.config import ConfigError
     from attnseg.data.check import Tolerances, check_dataset
     from attnseg.io import write_json
 
+    if json_out is not None and dataset.resolve() in json_out.resolve().parents:
+        raise ConfigError(
+            f"--json {json_out}: lies inside the dataset {dataset}; check-data never writes into a dataset"
+        )
     tolerances = Tolerances(spacing=spacing_tol, origin=origin_tol, direction=direction_tol)
     report = check_dataset(dataset, tolerances=tolerances, workers=workers, voxels=not headers_only, cache=not no_cache)
     console = Console(highlight=False)

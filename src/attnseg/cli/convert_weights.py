@@ -24,18 +24,22 @@ def read_official_state_dict(path: Path) -> dict[str, Any]:
 
     if not path.exists():
         raise ImageReadError(path, "checkpoint not found")
+    if not path.is_file():
+        raise ImageReadError(path, "is not a file")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise ImageReadError(path, f"cannot load as safetensors ({_first_line(exc)})") from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ImageReadError(
-                path,
-                f"cannot load as a weights-only PyTorch checkpoint ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200]})",
+                path, f"cannot load as a weights-only PyTorch checkpoint ({_first_line(exc)})"
             ) from None
     for key in _WRAPPER_KEYS:
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -43,10 +47,17 @@ def read_official_state_dict(path: Path) -> dict[str, Any]:
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ImageReadError(path, "does not hold a state dict of tensors")
+    if not all(isinstance(k, str) for k in state):
+        raise ImageReadError(path, "does not hold a state dict: its keys are not all parameter names (strings)")
     if state and all(k.startswith("module.") for k in state):
         state = dict(state)  # torch strips the prefix in place: work on a copy
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, "module.")
     return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = (str(exc).splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def convert_weights_command(
@@ -62,7 +73,7 @@ def convert_weights_command(
     from attnseg.cli.args import parse_json_kwargs
     from attnseg.config import ConfigError
     from attnseg.io import atomic_write
-    from attnseg.models.official import from_official
+    from attnseg.models.official import OfficialWeightsError, from_official
 
     try:
         constructor_kwargs = parse_json_kwargs(kwargs, "--kwargs")
@@ -70,8 +81,15 @@ def convert_weights_command(
         raise ConfigError(str(exc)) from None
     if output.suffix != ".safetensors":
         raise ConfigError(f"{output}: the output must be a .safetensors file")
+    if output.exists() and checkpoint.exists() and output.resolve() == checkpoint.resolve():
+        raise ConfigError(f"{output}: the output would overwrite the checkpoint it is converted from")
     state = read_official_state_dict(checkpoint)
-    model = from_official(official_class, state, **constructor_kwargs)
+    try:
+        model = from_official(official_class, state, **constructor_kwargs)
+    except OfficialWeightsError as exc:
+        raise OfficialWeightsError(f"{checkpoint}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # the constructor refused --kwargs (unknown name, bad value)
+        raise ConfigError(f"--kwargs {kwargs or '{}'}: {official_class}: {exc}") from None
     build = getattr(model, "attnseg_build", None)
     metadata = {
         "official_class": official_class,

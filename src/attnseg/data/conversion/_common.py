@@ -36,6 +36,7 @@ __all__ = [
     "pair_by_id",
     "read_rgb",
     "read_gray",
+    "read_gray_image",
     "read_binary_mask",
     "save_png",
     "resize_pair",
@@ -234,7 +235,7 @@ def _open(path: Path, mode: str) -> np.ndarray:
                 arr = np.asarray(im)
                 return arr
             return np.asarray(im.convert(mode))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from None
 
 
@@ -244,8 +245,25 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def read_gray(path: Path) -> np.ndarray:
-    """``[H, W]`` uint8 (colour images are converted to luminance)."""
+    """``[H, W]`` uint8 (colour images are converted to luminance); 16-bit, 32-bit and float grey images as stored."""
     return _open(path, "L")
+
+
+def read_gray_image(path: Path) -> np.ndarray:
+    """``[H, W]`` uint8, or uint16 for a 16-bit grey image (kept at full depth, never wrapped to 8 bits).
+
+    Raises:
+        DatasetError: a float or 32-bit grey image outside 0..65535 (PNG holds 8 or 16 bits).
+    """
+    arr = read_gray(path)
+    if arr.dtype == np.uint8:
+        return arr
+    if np.issubdtype(arr.dtype, np.integer) and arr.size and 0 <= arr.min() and arr.max() <= 65535:
+        return arr.astype(np.uint16)
+    raise DatasetError(
+        f"{path}: {arr.dtype} grey image; the converter writes 8- or 16-bit PNGs, so convert it to integers in "
+        "0..65535 first"
+    )
 
 
 def read_binary_mask(path: Path, shape: tuple[int, int] | None = None, *, image: Path | None = None) -> np.ndarray:
@@ -273,11 +291,14 @@ def read_binary_mask(path: Path, shape: tuple[int, int] | None = None, *, image:
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
-    """Write ``[H, W]`` or ``[3, H, W]`` uint8 as PNG (fast compression; the staging folder makes it atomic)."""
+    """Write ``[H, W]`` uint8 / uint16 or ``[3, H, W]`` uint8 as PNG (fast compression; the staging folder makes it
+    atomic)."""
     from PIL import Image
 
+    if array.dtype not in (np.uint8, np.uint16) or (array.ndim == 3 and array.dtype != np.uint8):
+        raise TypeError(f"save_png takes uint8 [H, W] / [3, H, W] or uint16 [H, W], got {array.dtype} {array.shape}")
     arr = np.moveaxis(array, 0, -1) if array.ndim == 3 else array
-    Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8)).save(path, format="PNG", compress_level=1)
+    Image.fromarray(np.ascontiguousarray(arr)).save(path, format="PNG", compress_level=1)
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, max_size: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -297,6 +318,9 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, max_size: int | None) -> tu
             size, Image.BILINEAR, reducing_gap=None
         )
         out_img = np.moveaxis(np.asarray(img), -1, 0)
+    elif image.dtype == np.uint16:  # PIL resizes 16-bit grey only as float ("F")
+        out = np.asarray(Image.fromarray(image.astype(np.float32)).resize(size, Image.BILINEAR))
+        out_img = np.clip(np.rint(out), 0, 65535).astype(np.uint16)
     else:
         out_img = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
     soft = np.asarray(Image.fromarray(mask.astype(np.float32)).resize(size, Image.BOX))
@@ -343,8 +367,13 @@ def check_destination(dst: Path, overwrite: bool, src: Path | None) -> None:
         s, d = src.resolve(), dst.resolve()
         if d == s or s in d.parents:
             raise DatasetError(f"{dst}: the destination must not be inside the source folder {src}")
+        if d in s.parents:  # --overwrite would delete the source with the old destination
+            raise DatasetError(f"{dst}: the destination must not contain the source folder {src}")
     if dst.exists() and not dst.is_dir():
         raise DatasetError(f"{dst}: exists and is not a folder")
+    existing = next((p for p in dst.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise DatasetError(f"{dst}: {existing} exists and is not a folder")
     if dst.is_dir() and any(dst.iterdir()) and not overwrite:
         raise DatasetError(f"{dst}: folder exists and is not empty; choose a new destination or pass --overwrite")
 
@@ -358,8 +387,13 @@ def staged_output(dst: Path, *, overwrite: bool = False, src: Path | None = None
     """
     dst = Path(dst)
     check_destination(dst, overwrite, src)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    created = [p for p in dst.parents if not p.exists()]  # deepest first; removed again if the conversion fails
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    except OSError as exc:
+        _remove_empty(created)
+        raise DatasetError(f"{dst}: cannot create the destination folder ({exc.strerror or exc})") from None
     os.chmod(stage, default_dir_mode())  # mkdtemp makes 0700; the dataset gets a plain mkdir's mode
     try:
         yield stage
@@ -370,9 +404,22 @@ def staged_output(dst: Path, *, overwrite: bool = False, src: Path | None = None
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(stage, dst)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        _remove_empty(created)
+        raise
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty: the parents a failed conversion created."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def run_parallel(func: Callable[[T], Any], items: Sequence[T], workers: int = 1) -> list[Any]:

@@ -82,12 +82,16 @@ def _patient_dirs(src: Path, max_depth: int = 3) -> list[Path]:
 
 def _read_info(path: Path) -> dict[str, int]:
     phases = {}
-    for line in path.read_text(errors="replace").splitlines():
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip().upper() in ("ED", "ES"):
             try:
                 phases[key.strip().upper()] = int(float(value.strip()))
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise DatasetError(
                     f"{path}: cannot read the {key.strip()} frame number from {line.strip()!r}"
                 ) from None

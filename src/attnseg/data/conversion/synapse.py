@@ -46,6 +46,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,9 @@ def _preprocessed_items(src: Path, npz_dir: Path | None, h5_dir: Path | None) ->
 
 
 def _check_pair(image: np.ndarray, label: np.ndarray, where: Path) -> np.ndarray:
+    for name, arr in (("image", image), ("label", label)):
+        if arr.dtype.kind not in "biuf":
+            raise DatasetError(f"{where}: {name!r} holds {arr.dtype} values, not numbers")
     if image.shape != label.shape:
         raise DatasetError(f"{where}: image shape {image.shape} differs from label shape {label.shape}")
     rounded = np.rint(label)
@@ -221,36 +225,53 @@ def _check_pair(image: np.ndarray, label: np.ndarray, where: Path) -> np.ndarray
     return rounded.astype(np.uint8)
 
 
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def _read_npz_slice(f: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(image, label) of one TransUNet ``train_npz`` slice file."""
+    try:
+        z = np.load(f, allow_pickle=False)
+    except _NPZ_ERRORS as exc:
+        raise DatasetError(f"{f}: cannot read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DatasetError(f"{f}: holds a single array (np.save), not an .npz archive of 'image' and 'label'")
+    with z:
+        if "image" not in z.files or "label" not in z.files:
+            raise DatasetError(f"{f}: expected arrays 'image' and 'label', found {sorted(z.files)}")
+        try:
+            return np.asarray(z["image"]), np.asarray(z["label"])
+        except _NPZ_ERRORS as exc:
+            raise DatasetError(f"{f}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
 def _load_preprocessed(kind: str, payload: Any) -> tuple[np.ndarray, np.ndarray]:
     """(image, label) as ``[slices, H, W]``."""
     if kind == "npz":
         imgs, lbls = [], []
         for f in payload:
-            try:
-                with np.load(f) as z:
-                    if "image" not in z or "label" not in z:
-                        raise DatasetError(f"{f}: expected arrays 'image' and 'label', found {sorted(z.files)}")
-                    img, lbl = np.asarray(z["image"]), np.asarray(z["label"])
-            except (OSError, ValueError) as exc:
-                raise DatasetError(f"{f}: cannot read ({type(exc).__name__}: {exc})") from None
+            img, lbl = _read_npz_slice(f)
             if img.ndim != 2:
                 raise DatasetError(f"{f}: expected a 2D slice, found shape {img.shape}")
             if imgs and img.shape != imgs[0].shape:
                 raise DatasetError(f"{f}: slice shape {img.shape} differs from {payload[0].name} {imgs[0].shape}")
-            imgs.append(img)
             lbls.append(_check_pair(img, lbl, f))
+            imgs.append(img)
         return np.stack(imgs).astype(np.float32), np.stack(lbls)
     h5py = _h5py()
     try:
         with h5py.File(payload, "r") as h:
             if "image" not in h or "label" not in h:
                 raise DatasetError(f"{payload}: expected datasets 'image' and 'label', found {sorted(h.keys())}")
-            img, lbl = np.asarray(h["image"][:]), np.asarray(h["label"][:])
+            if not all(isinstance(h[k], h5py.Dataset) for k in ("image", "label")):
+                raise DatasetError(f"{payload}: 'image' and 'label' must be datasets (arrays), not groups")
+            img, lbl = np.asarray(h["image"][()]), np.asarray(h["label"][()])
     except OSError as exc:
         raise DatasetError(f"{payload}: cannot read ({exc})") from None
     if img.ndim != 3:
         raise DatasetError(f"{payload}: expected a volume [slices, H, W], found shape {img.shape}")
-    return img.astype(np.float32), _check_pair(img, lbl, payload)
+    label = _check_pair(img, lbl, payload)
+    return img.astype(np.float32), label
 
 
 def _convert_preprocessed(item: tuple[str, Any], out_img: Path, out_lbl: Path) -> None:

@@ -54,7 +54,7 @@ from attnseg.data.conversion._common import (
     list_files,
     pair_by_id,
     read_binary_mask,
-    read_gray,
+    read_gray_image,
     resize_pair,
     run_parallel,
     save_png,
@@ -93,7 +93,7 @@ def _pairs(img_dir: Path, mask_dir: Path, prefix: str) -> list[tuple[str, Path, 
 def _write_cases(stage: Path, cases: list[tuple[str, str, Path, Path]], workers: int, max_size: int | None) -> None:
     def convert_one(item: tuple[str, str, Path, Path]) -> None:
         part, cid, img_path, mask_path = item
-        image = read_gray(img_path)
+        image = read_gray_image(img_path)
         mask = read_binary_mask(mask_path, image.shape, image=img_path)
         image, mask = resize_pair(image, mask, max_size)
         save_png(image, stage / f"images{part}" / f"{cid}_0000.png")
@@ -116,8 +116,13 @@ def _read_folds(src: Path, trainval_images: list[Path], prefix: str) -> dict[str
             doc = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DatasetError(f"{path}: invalid fold file ({exc})") from None
+        except OSError as exc:
+            raise DatasetError(f"{path}: cannot read the fold file ({exc.strerror or exc})") from None
         if not isinstance(doc, dict) or not {"train", "val"} <= set(doc):
             raise DatasetError(f"{path}: a fold file must hold 'train' and 'val' lists")
+        for part in ("train", "val"):
+            if not isinstance(doc[part], list):
+                raise DatasetError(f"{path}: {part!r} must be a list, got {type(doc[part]).__name__}")
         fold = {}
         for part in ("train", "val"):
             ids = []
