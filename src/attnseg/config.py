@@ -183,6 +183,22 @@ def merge_config(base: TrainConfig, overrides: dict[str, Any], source: str = "ov
     return dataclasses.replace(base, **values)
 
 
+def load_run_config(path: str | Path) -> TrainConfig:
+    """A run's resolved ``config.yaml`` (written whole, every field): a file missing fields was damaged (a kill while
+    it was written, a truncation), and training on with defaults would overwrite the run's real settings."""
+    import yaml
+
+    cfg = load_recipe(path)
+    values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in values]
+    if missing:
+        raise ConfigError(
+            f"{path}: incomplete run config (missing {', '.join(missing)}); restore it, or pass the run's recipe "
+            "with --config"
+        )
+    return cfg
+
+
 def load_recipe(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
     """Load a YAML recipe onto ``base`` (default config if None)."""
     import yaml
@@ -191,9 +207,13 @@ def load_recipe(path: str | Path, base: TrainConfig | None = None) -> TrainConfi
     if not path.exists():
         raise ConfigError(f"{path}: recipe not found")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (not UTF-8)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of option: value")
     values.pop("_base", None)
@@ -214,4 +234,11 @@ def resolve_device(name: str):
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{name}: CUDA is not available on this machine", option="device")
+    if device.type not in ("cpu", "cuda"):
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError):
+            raise ConfigError(
+                f"{name}: this machine or PyTorch build has no {device.type} device", option="device"
+            ) from None
     return device

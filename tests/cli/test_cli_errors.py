@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -262,7 +263,16 @@ def test_resume_keeps_the_run_model_and_dataset(ct_dataset, rgb_dataset, tiny_ct
     _assert_clean_error(result, "--model", "'unet', not 'malunet'")
     result = _invoke("train", "--resume", "--out", run, "--data", rgb_dataset, "-q")
     _assert_clean_error(result, "--data", "1 input channel(s)", "gives 3")
+    done = json.loads((run / "train_summary.json").read_text())["iterations"]
+    result = _invoke("train", "--resume", "--out", run, "--iterations", done - 1, "-q")  # shorter than trained
+    _assert_clean_error(result, "--iterations", f"already trained {done} iterations")
     assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    config = run / "config.yaml"
+    for damaged, problem in [(config.read_bytes()[:100], "incomplete run config (missing"), (b"\xff\xfe", "UTF-8")]:
+        config.write_bytes(damaged)  # a kill while it was written: training on with defaults would overwrite the run
+        _assert_clean_error(_invoke("train", "--resume", "--out", run, "-q"), "config.yaml", problem)
+        assert config.read_bytes() == damaged
+    _assert_clean_error(_invoke("train", "--resume", "--out", tmp_path / "nope", "-q"), "no run to resume")
 
 
 def test_a_dataset_json_path_names_its_folder(ct_dataset, tmp_path):

@@ -156,12 +156,12 @@ def run_benchmark(
         raise BenchError(f"batch_size must be >= 1, got {batch_size}")
     if threads is not None and threads < 1:
         raise BenchError(f"threads must be >= 1, got {threads}")
+    from attnseg.config import ConfigError, resolve_device
+
     try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise BenchError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        dev = resolve_device(device)
+    except ConfigError as exc:
+        raise BenchError(str(exc)) from None
     info = model_info(name)
     size = resolve_input_size(name, input_size)
     kwargs = dict(model_kwargs or {})

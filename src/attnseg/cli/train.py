@@ -84,7 +84,7 @@ def train_command(
     """Train a model on a dataset; writes checkpoints (last, best on validation), logs and the resolved config."""
     from rich.console import Console
 
-    from attnseg.config import ConfigError, TrainConfig, load_recipe, merge_config
+    from attnseg.config import ConfigError, TrainConfig, load_recipe, load_run_config, merge_config
     from attnseg.runs import RunDir
     from attnseg.training import distributed as ddp
     from attnseg.training.trainer import train
@@ -95,9 +95,11 @@ def train_command(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     cfg = TrainConfig()
-    if resume and out is not None and config is None and RunDir(out).config_path.exists():
-        config = RunDir(out).config_path  # a resumed run continues with its own resolved config
-    if config is not None:
+    if resume and out is not None and config is None and not RunDir(out).config_path.exists():
+        raise ConfigError(f"{out}: no run to resume here (no {RunDir(out).config_path.name})", option="out")
+    if resume and out is not None and config is None:
+        cfg = load_run_config(RunDir(out).config_path)  # a resumed run continues with its own resolved config
+    elif config is not None:
         cfg = load_recipe(config, cfg)
     overrides = {
         "model": model,

@@ -429,6 +429,12 @@ class Trainer:
         self._check_resumed_world_size(state)
         self.run_dir.load_weights(self.model, name)
         self.iteration = int(state["iteration"])
+        if self.iteration > self.total_iterations:
+            raise ConfigError(
+                f"{self.total_iterations}: the run has already trained {self.iteration} iterations; resume it with "
+                "more (or leave --iterations / --epochs out)",
+                option="iterations",
+            )
         self.best_metric = float(state["best_metric"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
