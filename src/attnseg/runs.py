@@ -264,8 +264,8 @@ class RunDir:
 
         self._require(PLAN)
         try:
-            return Plan.from_json((self.path / PLAN).read_text())
-        except (ValueError, TypeError, KeyError) as exc:
+            return Plan.from_json((self.path / PLAN).read_text(encoding="utf-8"))
+        except (ValueError, TypeError, KeyError) as exc:  # UnicodeDecodeError is a ValueError
             raise RunError(f"{self.path / PLAN}: not a preprocessing plan ({exc})") from None
 
     def read_log(self, up_to_iteration: int | None = None) -> list[dict[str, Any]]:
@@ -352,8 +352,8 @@ class RunDir:
     def _read_json(self, name: str) -> dict[str, Any]:
         path = self._require(name)
         try:
-            doc = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RunError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(doc, dict):
             raise RunError(f"{path}: expected a JSON object")

@@ -359,6 +359,23 @@ def test_unreadable_study_directory_is_a_user_error(study_dir: Path) -> None:
     (study_dir / "results.csv").write_text("\n".join([*lines, lines[1]]) + "\n")
     with pytest.raises(AttnsegError, match="duplicate row"):
         summarize(study_dir)
+    cut = lines[1][: lines[1].rindex(",", 0, lines[1].rindex(","))]  # a row killed mid-write: metric, value lost
+    (study_dir / "results.csv").write_text("\n".join([*lines, cut]) + "\n")
+    with pytest.raises(AttnsegError, match=rf"results.csv:{len(lines) + 1}: expected 8 fields"):
+        summarize(study_dir)
+    (study_dir / "results.csv").write_bytes(b"\xff\xfe")
+    with pytest.raises(AttnsegError, match="results.csv: not a CSV text file"):
+        summarize(study_dir)
+    (study_dir / "results.csv").write_text("\n".join(lines) + "\n")
+    costs = (study_dir / "costs.json").read_text()
+    (study_dir / "costs.json").write_text("[1, 2]")
+    with pytest.raises(AttnsegError, match="costs.json: expected"):
+        summarize(study_dir)
+    (study_dir / "costs.json").write_text(costs)
+    (study_dir / "study.yaml").write_bytes(b"\xff\xfe")
+    with pytest.raises(AttnsegError, match="study.yaml: not a YAML text file"):
+        summarize(study_dir)
+    (study_dir / "study.yaml").write_text(text)
     (study_dir / "results.csv").unlink()
     with pytest.raises(AttnsegError, match="results.csv: not found"):
         write_report(study_dir)

@@ -372,9 +372,11 @@ def load_study(path: str | os.PathLike, *, check_dataset: bool = True) -> StudyC
 
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise StudyError(f"{path}: study file not found") from None
+    except UnicodeDecodeError:
+        raise StudyError(f"{path}: not a YAML text file (not UTF-8)") from None
     except OSError as exc:
         raise StudyError(f"{path}: cannot read the study file ({exc})") from None
     try:

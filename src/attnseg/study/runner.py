@@ -142,9 +142,9 @@ def prepare_study_dir(study: StudyConfig, out: str | os.PathLike, *, force: bool
     new = study.to_dict()
     if stored_path.exists() and not force:
         try:
-            old_raw = yaml.safe_load(stored_path.read_text())
+            old_raw = yaml.safe_load(stored_path.read_text(encoding="utf-8"))
             old = parse_study(old_raw, out, check_dataset=False).to_dict()
-        except (StudyError, yaml.YAMLError) as exc:
+        except (StudyError, yaml.YAMLError, UnicodeDecodeError) as exc:
             raise StudyError(f"{stored_path}: unreadable study ({' '.join(str(exc).split())}); use --force") from None
         old_rest, old_models = _comparable(old)
         new_rest, new_models = _comparable(new)

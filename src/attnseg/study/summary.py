@@ -73,6 +73,13 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise StudyReportError(f"{path}: not found (has the study run?)")
+    try:
+        return _read_result_rows(path)
+    except UnicodeDecodeError:
+        raise StudyReportError(f"{path}: not a CSV text file (not UTF-8)") from None
+
+
+def _read_result_rows(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     seen: set[tuple[Any, ...]] = set()
     with open(path, newline="", encoding="utf-8") as fh:
@@ -80,6 +87,10 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
         if tuple(reader.fieldnames or ()) != RESULT_COLUMNS:
             raise StudyReportError(f"{path}: columns {reader.fieldnames}, expected {','.join(RESULT_COLUMNS)}")
         for line, raw in enumerate(reader, start=2):
+            if None in raw or None in raw.values():  # fewer or more fields than the header
+                raise StudyReportError(
+                    f"{path}:{line}: expected {len(RESULT_COLUMNS)} fields (a truncated or hand-edited row)"
+                )
             try:
                 seed = int(raw["seed"])
                 text = (raw["value"] or "").strip()
@@ -103,6 +114,8 @@ def read_study(study_dir: Path) -> dict[str, Any]:
         study = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise StudyReportError(f"{path}: not valid YAML ({exc})") from None
+    except UnicodeDecodeError:
+        raise StudyReportError(f"{path}: not a YAML text file (not UTF-8)") from None
     if not isinstance(study, dict) or not isinstance(study.get("models"), list) or not study["models"]:
         raise StudyReportError(f"{path}: expected a mapping with a non-empty 'models' list")
     return study
@@ -124,9 +137,12 @@ def _read_costs(study_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        costs = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StudyReportError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(costs, dict) or not all(isinstance(v, dict) for v in costs.values()):
+        raise StudyReportError(f"{path}: expected {{label: {{params, macs}}}}")
+    return costs
 
 
 def _job_times(study_dir: Path, label: str) -> dict[str, Any]:
