@@ -66,6 +66,14 @@ def test_export_into_the_run_directory_leaves_the_run_usable(ct_dataset, tmp_pat
     assert Predictor.from_run(run).model is not None  # the run still loads
     clash = runner.invoke(app, ["export", "--run", str(run), "--output", str(run / "checkpoints" / "best.onnx")])
     assert clash.exit_code == 2 and "would overwrite checkpoints/best.onnx" in clash.output
+    (tmp_path / "side.onnx.json").mkdir()  # the sidecar cannot be written: no half export (network only) is left
+    blocked = runner.invoke(app, ["export", "--run", str(run), "--output", str(tmp_path / "side.onnx")])
+    assert blocked.exit_code == 2 and "side.onnx.json: is a folder" in blocked.output
+    assert not (tmp_path / "side.onnx").exists()
+    (run / "model.json").write_bytes(b"\xff\xfe")
+    broken = runner.invoke(app, ["export", "--run", str(run), "--output", str(tmp_path / "b.onnx")])
+    assert broken.exit_code == 2 and "model.json: not valid JSON" in broken.output and "Traceback" not in broken.output
+    (run / "model.json").write_bytes(before)
     import stat
 
     assert stat.S_IMODE((run / "model.onnx").stat().st_mode) == 0o666 & ~_umask()

@@ -62,6 +62,9 @@ def export_onnx(
     sidecar_path = sidecar_path_for(output)
     refuse_reserved(output, "--output")
     refuse_reserved(sidecar_path, "--output")
+    for path in (output, sidecar_path):
+        if path.is_dir():
+            raise ExportError(f"{path}: is a folder; the export writes {output.name} and {sidecar_path.name}")
     predictor = Predictor.from_run(run_dir, checkpoint=checkpoint, device="cpu")
     model, plan = predictor.model.eval(), predictor.plan
     name = model.attnseg_build["name"]
@@ -115,7 +118,11 @@ def export_onnx(
         "onnxruntime_max_abs_diff": max_diff,
         "checkpoint": checkpoint,
     }
-    write_json(sidecar_path, sidecar)
+    try:
+        write_json(sidecar_path, sidecar)
+    except BaseException:
+        output.unlink(missing_ok=True)  # the network without its sidecar is half an export
+        raise
     return sidecar
 
 
