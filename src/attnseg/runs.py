@@ -339,7 +339,11 @@ class RunDir:
         self._require(MODEL)
         weights = self.checkpoint_paths(name)[0]
         if not weights.exists():
-            hint = " (no validation split: use --checkpoint last)" if name == "best" else ""
+            other = "last" if name == "best" else "best"
+            if self.checkpoint_paths(other)[0].exists():
+                hint = f" (this run has {other!r}: use --checkpoint {other})"
+            else:
+                hint = " (the run has no checkpoint yet: was training stopped before its first save?)"
             raise RunError(f"{weights}: checkpoint {name!r} not found{hint}")
         return weights
 

@@ -344,3 +344,19 @@ def test_converters_and_check_data_never_overwrite_their_inputs(tmp_path) -> Non
     )
     assert result.exit_code == 2 and str(tmp_path / "good.pth") in result.output and "shape mismatches" in result.output
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_a_damaged_run_is_named_by_its_file(ct_dataset, tiny_ct_run, tmp_path):
+    """A run killed before its first save, or whose model.json was edited: the message names the file."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ct_run, run)
+    image = sorted((ct_dataset / "imagesTs").iterdir())[0]
+    shutil.rmtree(run / "checkpoints")
+    result = _invoke("predict", "--run", run, "-i", image, "-o", tmp_path / "p")
+    _assert_clean_error(result, "checkpoint 'best' not found", "no checkpoint yet", out=tmp_path / "p")
+    shutil.copytree(tiny_ct_run / "checkpoints", run / "checkpoints")
+    model_json = json.loads((run / "model.json").read_text())
+    for edit, problem in [({"name": "nosuch"}, "unknown model 'nosuch'"), ({"kwargs": {"width": "x"}}, "takes int")]:
+        (run / "model.json").write_text(json.dumps({**model_json, **edit}))
+        result = _invoke("export", "--run", run, "--output", tmp_path / "m.onnx")
+        _assert_clean_error(result, "model.json: ", problem, out=tmp_path / "m.onnx")

@@ -136,3 +136,12 @@ def test_meta_for_array_builds_the_readers_geometry(tmp_path):
             meta_for_array((5, 6, 7), **kwargs)
     with pytest.raises(ValueError, match="images are 2D or 3D"):
         meta_for_array((5,))
+
+
+def test_complex_images_are_refused_not_truncated_to_their_real_part(tmp_path):
+    path = tmp_path / "complex.nii.gz"
+    data = np.zeros((6, 5, 4), np.complex64)
+    data[1, 2, 3] = 3 + 4j  # numpy's cast to float would keep 3 and drop 4j with only a warning
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    with pytest.raises(ImageReadError, match="complex.nii.gz: holds complex64 values; images must be real numbers"):
+        read_image(path)

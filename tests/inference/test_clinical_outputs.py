@@ -387,6 +387,9 @@ def _bad_series(kind: str, root) -> object:
             p.rename(folder / f"other_{p.name}")
     elif kind == "gap":
         (folder / "img003.dcm").unlink()
+    elif kind == "truncated":  # a damaged slice file is left out of the series by GDCM: named in the gap error
+        damaged = folder / "img002.dcm"
+        damaged.write_bytes(damaged.read_bytes()[:400])
     elif kind == "orientation":
         ds = pydicom.dcmread(folder / "img002.dcm")
         ds.ImageOrientationPatient = [1, 0, 0, 0, 0.9950042, 0.0998334]  # tilted 5.7 degrees about x
@@ -399,6 +402,7 @@ def _bad_series(kind: str, root) -> object:
     [
         ("two_series", "folder holds 2 DICOM series"),
         ("gap", "slice gap: 6.00 mm between the slices at 6.00 and 12.00 mm"),
+        ("truncated", "not read as part of it: img002.dcm (damaged or truncated?)"),
         ("orientation", "inconsistent slice orientation: img002.dcm"),
     ],
 )

@@ -225,6 +225,28 @@ def test_a_bad_study_file_names_the_key(changes, message, rgb_dataset, tmp_path)
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("changes", "extra", "message"),
+    [
+        (
+            {"models": [{"name": "unet", "model_kwargs": {"widht": 4}}]},
+            [],
+            "models[0] (unet): model 'unet' has no option",
+        ),
+        ({"models": [{"name": "unet", "model_kwargs": {"width": -4}}]}, [], "models[0] (unet): width must be >= 1"),
+        ({"train": {**TRAIN, "input_size": [33, 33]}}, [], "sides must be multiples of 16"),
+        ({}, ["--device", "foo"], "device: 'foo' is not a valid torch device"),
+    ],
+)
+def test_entries_every_job_would_fail_on_are_refused_before_training(changes, extra, message, rgb_dataset, tmp_path):
+    """Found by building each entry's model once: before, every job failed in turn and a report of n = 0 was written."""
+    path = _study_file(tmp_path, rgb_dataset, **changes)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["study", "run", str(path), "--out", str(out), "-q", *extra])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    assert not out.exists()
+
+
 def test_a_directory_holding_another_study_is_refused(rgb_dataset, tmp_path):
     out = tmp_path / "out"
     first = load_study(_study_file(tmp_path / "a", rgb_dataset))

@@ -270,10 +270,18 @@ def _check_slice_geometry(path: Path, files: tuple[str, ...]) -> None:
         at = int(uneven[0])
         missing = round(steps[at] / step) - 1
         what = f"{missing} missing slice(s)?" if missing >= 1 else "uneven spacing"
+        listed = {os.path.realpath(f) for f in files}
+        left_out = sorted(
+            f.name
+            for f in path.iterdir()
+            if f.is_file() and not f.name.startswith(".") and os.path.realpath(f) not in listed
+        )
+        unread = f"; not read as part of it: {', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''}"
         raise ImageReadError(
             path,
             f"slice gap: {steps[at]:.2f} mm between the slices at {along[at]:.2f} and {along[at + 1]:.2f} mm "
-            f"along the slice normal, the others are {step:.2f} mm apart ({what}); the series is incomplete",
+            f"along the slice normal, the others are {step:.2f} mm apart ({what}); the series is incomplete"
+            + (f"{unread} (damaged or truncated?)" if left_out else ""),
         )
 
 
@@ -308,6 +316,13 @@ def read_image(path: str | os.PathLike, *, label: bool = False) -> tuple[np.ndar
     p = Path(path)
     if not p.exists():
         raise ImageReadError(p, "file not found")
+    arr, meta = _read_any(p, label)
+    if np.iscomplexobj(arr) or arr.dtype.kind not in "biuf":  # complex MR data, RGB structured types, ...
+        raise ImageReadError(p, f"holds {arr.dtype} values; images must be real numbers (e.g. a magnitude image)")
+    return arr, meta
+
+
+def _read_any(p: Path, label: bool) -> tuple[np.ndarray, ImageMeta]:
     try:
         if p.is_dir():
             if not is_dicom_dir(p):

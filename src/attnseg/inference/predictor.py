@@ -143,7 +143,10 @@ class Predictor:
         build = run.read_model()
         plan = run.read_plan()
         run.require_checkpoint(checkpoint)
-        model = create_model(build["name"], build["in_channels"], build["num_classes"], **build.get("kwargs", {}))
+        try:
+            model = create_model(build["name"], build["in_channels"], build["num_classes"], **build.get("kwargs", {}))
+        except (AttnsegError, KeyError, TypeError, ValueError) as exc:  # an edited or foreign model.json
+            raise RunError(f"{run.path / 'model.json'}: {exc}") from None
         run.load_weights(model, checkpoint)
         device = torch.device(device)
         model.to(device).eval()

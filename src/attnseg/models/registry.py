@@ -257,6 +257,26 @@ def _check_options(name: str, kwargs: dict[str, Any]) -> None:
         raise UnknownModelOptionError(
             f"model {name!r} has no option {', '.join(map(repr, unknown))}{hint}; its options: {listed}"
         )
+    for key, value in kwargs.items():
+        default = (options or {}).get(key)
+        if not _same_kind(value, default):
+            raise UnknownModelOptionError(
+                f"model {name!r} option {key!r} takes {type(default).__name__} values (default {default!r}), "
+                f"got {value!r}"
+            )
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """False for a value that cannot stand for an option whose default is ``default``: text or a float where the
+    default is an int (``"x"`` or ``4.5`` for a width: a crash or a silent ``int(4.5)``), text where it is a float or
+    a bool. Sequences (e.g. an ``(H, W)`` size for an int default) and other types are left to the model."""
+    if isinstance(default, bool):
+        return not isinstance(value, (str, float))
+    if isinstance(default, int):
+        return not isinstance(value, (str, bool, float))
+    if isinstance(default, float):
+        return not isinstance(value, (str, bool))
+    return True
 
 
 def sized_kwargs(name: str, input_size: Sequence[int], kwargs: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -432,6 +432,27 @@ def _progress(enabled: bool, total: int, completed: int) -> tuple[Any, Any]:
     return bar, task
 
 
+def check_entries(study: StudyConfig, device: str | None = None) -> None:
+    """Raise :class:`StudyError` for what every job of an entry would fail on, before the first job trains: the
+    device, and each entry's model options and input size (the model is built once on CPU, without data)."""
+    from attnseg.config import resolve_device
+    from attnseg.models.registry import check_input_size, create_model, sized_kwargs
+
+    if device is not None:
+        resolve_device(device)  # the --device flag: a ConfigError naming it
+    for index, entry in enumerate(study.models):
+        cfg = study.train_config(entry, study.folds[0], study.seeds[0])
+        try:
+            resolve_device(device or cfg.device)
+            size = tuple(cfg.input_size) if cfg.input_size else None
+            kwargs = sized_kwargs(entry.name, size, cfg.model_kwargs) if size else dict(cfg.model_kwargs)
+            model = create_model(entry.name, 1, 2, **kwargs)
+            if size:
+                check_input_size(model, size)
+        except (AttnsegError, TypeError, ValueError) as exc:
+            raise StudyError(f"models[{index}] ({entry.label}): {exc}") from None
+
+
 def run_study(
     study: StudyConfig | str | os.PathLike,
     out: str | os.PathLike,
@@ -463,6 +484,7 @@ def run_study(
     i, n = shard if isinstance(shard, tuple) else parse_shard(shard)
     if not 1 <= i <= n:
         raise StudyError(f"shard: {i}/{n} needs 1 <= I <= N")
+    check_entries(study, device)
     study_dir = prepare_study_dir(study, out, force=force)
     mine = jobs_of(study)[i - 1 :: n]
     already = sum(_is_done(j.run_dir(study_dir)) for j in mine)
