@@ -64,3 +64,32 @@ def test_epochs_and_iterations():
         TrainConfig(iterations=10, epochs=2).validate()
     assert TrainConfig(epochs=3).total_iterations(7) == 21
     assert TrainConfig(iterations=10).total_iterations(7) == 10 and TrainConfig.derived_epochs(10, 7) == 2
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ("iterations: abc", "iterations: must be an integer, got 'abc'"),
+        ("batch_size: 2.5", "batch_size: must be an integer, got 2.5"),
+        ("lr: fast", "lr: must be a number, got 'fast'"),
+        ("compile: 1", "compile: must be true or false, got 1"),
+        ("input_size: [32, x]", "input_size: must be a list of numbers"),
+        ("model_kwargs: [4]", "model_kwargs: must be a mapping"),
+        ("augment: {flip: yes}", "augment.flip: must be a number, got True"),
+        ("augment: 0.5", "augment: must be a mapping"),
+    ],
+)
+def test_recipe_values_of_the_wrong_kind_name_the_key_and_file(recipe, message, tmp_path):
+    """Before, a recipe's ``iterations: abc`` reached ``validate`` and crashed there (TypeError, exit 1)."""
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path).validate()
+    assert message in str(info.value) and f"(in {path})" in str(info.value)
+    assert load_recipe_ok(tmp_path).lr == 0.05  # ints for floats, null for optional fields: still accepted
+
+
+def load_recipe_ok(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("lr: 0.05\niterations: null\nweight_decay: 0\nct_clip_hu: [-125, 275]\n")
+    return load_recipe(path)

@@ -164,13 +164,58 @@ def _check_keys(cls: type, values: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {', '.join(sorted(names))}")
 
 
+_OPTIONAL_KINDS = {  # fields whose default is None: the kind of value they take otherwise
+    "iterations": 0,
+    "epochs": 0,
+    "iterations_per_epoch": 0,
+    "num_workers": 0,
+    "slab_size": 0,
+    "target_spacing": [0.0],
+    "ct_clip_hu": (0.0, 0.0),
+}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_types(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> None:
+    """Each value of the kind of its field's default (a recipe's ``iterations: abc`` is a user error, not a crash)."""
+    for f in dataclasses.fields(cls):
+        value = values.get(f.name)
+        if value is None or f.name in ("fold", "augment"):  # fold: names and numbers; augment: checked on its own
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kind = _OPTIONAL_KINDS.get(f.name, default)
+        if isinstance(kind, bool):
+            ok, what = isinstance(value, bool), "true or false"
+        elif isinstance(kind, int):
+            ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(kind, float):
+            ok, what = _is_number(value), "a number"
+        elif isinstance(kind, str):
+            ok, what = isinstance(value, str), "text"
+        elif isinstance(kind, (list, tuple)):
+            ok, what = isinstance(value, (list, tuple)) and all(map(_is_number, value)), "a list of numbers"
+        elif isinstance(kind, dict):
+            ok, what = isinstance(value, dict), "a mapping"
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"must be {what}, got {value!r} (in {source})", option=prefix + f.name)
+
+
 def merge_config(base: TrainConfig, overrides: dict[str, Any], source: str = "overrides") -> TrainConfig:
     """A copy of ``base`` with ``overrides`` applied (``augment`` merged field by field)."""
     _check_keys(TrainConfig, overrides, source)
+    _check_types(TrainConfig, overrides, source)
     values = dict(overrides)
     if "augment" in values:
         aug = values.pop("augment") or {}
+        if not isinstance(aug, dict):
+            raise ConfigError(f"must be a mapping, got {aug!r} (in {source})", option="augment")
         _check_keys(AugmentConfig, aug, f"{source} (augment)")
+        _check_types(AugmentConfig, aug, source, prefix="augment.")
         for f in dataclasses.fields(AugmentConfig):  # YAML lists back to the tuple options (config_to_dict)
             if isinstance(f.default, tuple) and aug.get(f.name) is not None:
                 aug[f.name] = tuple(aug[f.name])

@@ -39,7 +39,7 @@ def runner() -> CliRunner:
         (["--model", "unet", "--kwargs", "{width: 4}"], "--kwargs must be a JSON object"),
         (["--model", "unet", "--kwargs", "[4]"], "--kwargs must be a JSON object"),
         (["--model", "unet", "--kwargs", '{"widht": 4}'], "has no option 'widht' (did you mean 'width'?)"),
-        (["--model", "unet", "--kwargs", '{"width": 4.5}'], "option 'width' takes int values (default 32), got 4.5"),
+        (["--model", "unet", "--kwargs", '{"width": 4.5}'], "option 'width' takes int, got 4.5 (float)"),
         (["--model", "unet", "--device", "gpu"], "'gpu' is not a valid torch device"),
         (["--model", "unet", "--device", "mps"], "no mps device"),  # no MPS on Linux: one line, not a traceback
         (["--model", "unet", "--input-size", "64x"], "expects 2 or 3"),

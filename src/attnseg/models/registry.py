@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import types
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +72,11 @@ class UnknownModelError(AttnsegError, KeyError):
 
 class UnknownModelOptionError(AttnsegError, TypeError):
     """An option the model does not have (a ``TypeError``, as Python raises for an unexpected keyword)."""
+
+
+class ModelOptionValueError(UnknownModelOptionError, ValueError):
+    """An option given a value of the wrong kind (text for a width): a ``ValueError`` as the models' own checks
+    raise, and a ``TypeError`` as Python would for the wrong type."""
 
 
 @dataclass(frozen=True)
@@ -257,26 +264,55 @@ def _check_options(name: str, kwargs: dict[str, Any]) -> None:
         raise UnknownModelOptionError(
             f"model {name!r} has no option {', '.join(map(repr, unknown))}{hint}; its options: {listed}"
         )
+    hints = _option_hints(name)
     for key, value in kwargs.items():
-        default = (options or {}).get(key)
-        if not _same_kind(value, default):
-            raise UnknownModelOptionError(
-                f"model {name!r} option {key!r} takes {type(default).__name__} values (default {default!r}), "
-                f"got {value!r}"
+        hint = hints.get(key)
+        if hint is not None and not _fits(value, hint):
+            raise ModelOptionValueError(
+                f"model {name!r} option {key!r} takes {_describe(hint)}, got {value!r} ({type(value).__name__})"
             )
 
 
-def _same_kind(value: Any, default: Any) -> bool:
-    """False for a value that cannot stand for an option whose default is ``default``: text or a float where the
-    default is an int (``"x"`` or ``4.5`` for a width: a crash or a silent ``int(4.5)``), text where it is a float or
-    a bool. Sequences (e.g. an ``(H, W)`` size for an int default) and other types are left to the model."""
-    if isinstance(default, bool):
-        return not isinstance(value, (str, float))
-    if isinstance(default, int):
-        return not isinstance(value, (str, bool, float))
-    if isinstance(default, float):
-        return not isinstance(value, (str, bool))
-    return True
+def _option_hints(name: str) -> dict[str, Any]:
+    """Type annotations of the model's options (factory first, then its ``options_from`` targets)."""
+    info = model_info(name)
+    hints: dict[str, Any] = {}
+    for target in (*reversed(info.options_from), info.factory):
+        try:
+            hints.update(typing.get_type_hints(target.__init__ if inspect.isclass(target) else target))
+        except Exception:  # noqa: BLE001 - an annotation that does not evaluate: its options are not checked
+            continue
+    return hints
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """``value`` is of the scalar kind ``hint`` names (int, float, bool, str, None, Literal, and unions of them);
+    containers and other types are left to the model. JSON's ``4.5`` or ``"x"`` for an ``int`` width is refused."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True  # containers, tensors, callables, Any: the model checks them
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", str(hint))
 
 
 def sized_kwargs(name: str, input_size: Sequence[int], kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
