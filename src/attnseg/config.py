@@ -231,24 +231,26 @@ def merge_config(base: TrainConfig, overrides: dict[str, Any], source: str = "ov
 def load_run_config(path: str | Path) -> TrainConfig:
     """A run's resolved ``config.yaml`` (written whole, every field): a file missing fields was damaged (a kill while
     it was written, a truncation), and training on with defaults would overwrite the run's real settings."""
-    import yaml
-
-    cfg = load_recipe(path)
-    values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    values = _read_recipe(Path(path))
     missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in values]
     if missing:
         raise ConfigError(
             f"{path}: incomplete run config (missing {', '.join(missing)}); restore it, or pass the run's recipe "
             "with --config"
         )
-    return cfg
+    return merge_config(TrainConfig(), values, source=str(path))
 
 
 def load_recipe(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
     """Load a YAML recipe onto ``base`` (default config if None)."""
+    path = Path(path)
+    return merge_config(base or TrainConfig(), _read_recipe(path), source=str(path))
+
+
+def _read_recipe(path: Path) -> dict[str, Any]:
+    """The option: value mapping of a YAML recipe (``_base`` dropped); ConfigError naming the file otherwise."""
     import yaml
 
-    path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: recipe not found")
     try:
@@ -262,7 +264,7 @@ def load_recipe(path: str | Path, base: TrainConfig | None = None) -> TrainConfi
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of option: value")
     values.pop("_base", None)
-    return merge_config(base or TrainConfig(), values, source=str(path))
+    return values
 
 
 def resolve_device(name: str):
