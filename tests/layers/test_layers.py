@@ -236,9 +236,39 @@ def test_same_conv2d_backward_equals_autograd(make) -> None:
 
 
 @pytest.mark.parametrize(
+    ("make", "batch", "channels_last"),
+    [
+        (lambda: nn.Conv2d(8, 8, 5, padding=2, groups=8), 1, False),  # MDSA-UNet's LCE / aggregator 5x5
+        (lambda: nn.Conv2d(6, 6, 7, padding=3, groups=6, bias=False), 2, True),  # the aggregator's 7x7
+        (lambda: nn.Conv2d(6, 6, 3, padding=4, dilation=4, groups=6), 2, True),  # dilated, channels-last
+        (lambda: nn.Conv2d(5, 5, 5, padding=2, groups=5), 3, True),
+    ],
+)
+def test_same_conv2d_depthwise_weight_gradient_at_any_batch(make, batch: int, channels_last: bool) -> None:
+    # the depthwise kernels whose oneDNN weight gradient is slow take the batch-as-groups conv at every batch size
+    torch.manual_seed(1)
+    conv = make().double()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, conv.in_channels, 9, 12, dtype=torch.float64).contiguous(memory_format=fmt)
+    g = torch.randn(batch, conv.out_channels, 9, 12, dtype=torch.float64).contiguous(memory_format=fmt)
+    grads = []
+    for fn in (same_conv2d, lambda t, c: c(t)):
+        conv.zero_grad(set_to_none=True)
+        xx = x.clone(memory_format=torch.preserve_format).requires_grad_(True)
+        y = fn(xx, conv)
+        if fn is same_conv2d:
+            assert "SameConv2d" in type(y.grad_fn).__name__
+        y.backward(g)
+        grads.append([xx.grad] + [p.grad for p in conv.parameters()])
+    for fast, ref in zip(*grads):
+        torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
     ("conv", "batch"),
     [
-        (nn.Conv2d(4, 4, 3, padding=1, groups=4), FAST_BACKWARD_MIN_BATCH - 1),  # batch below the threshold
+        (nn.Conv2d(4, 4, 3, padding=1, groups=4), FAST_BACKWARD_MIN_BATCH - 1),  # 3x3 depthwise below the threshold
+        (nn.Conv2d(4, 4, 5, padding=2), FAST_BACKWARD_MIN_BATCH - 1),  # dense below the threshold
         (nn.Conv2d(4, 4, 3, padding=1, stride=2), 4),  # strided
         (nn.Conv2d(4, 4, 3, padding=0), 4),  # not size-preserving
         (nn.Conv2d(4, 8, 3, padding=1, groups=4), 4),  # grouped, two filters per group

@@ -13,6 +13,7 @@ from attnseg.models import create_model, from_official, list_models
 from attnseg.models.mdsa_unet import (
     MDSAUNet,
     MultiScaleDynamicSparseAttention,
+    _masked_routing_pays,
     region_partition,
     route_regions,
 )
@@ -166,27 +167,34 @@ def test_auto_grid_equals_fixed_models_with_same_weights() -> None:
         (2, (12, 18), (3, 3), 4),
         (1, (16, 16), (4, 4), 7),
         (2, (8, 12), (2, 3), 6),  # topk = all regions: dense path
-        (2, (14, 14), (7, 7), 16),
+        (2, (14, 14), (7, 7), 16),  # the released deepest stage: masked dense attention
+        (2, (28, 28), (7, 7), 4),  # the released middle stage: gathered regions
+        (1, (56, 56), (7, 7), 16),  # 3136 tokens: gathered regions
     ],
 )
 def test_attention_paths_agree_outputs_and_gradients(batch, hw, grid, topk) -> None:
+    n, t = grid[0] * grid[1], hw[0] * hw[1] // (grid[0] * grid[1])
+    if 1 < topk < n:  # both fast routed paths are exercised
+        assert _masked_routing_pays(n, t, topk) == ((hw, topk) in {((12, 18), 4), ((16, 16), 7), ((14, 14), 16)})
     torch.manual_seed(batch * 100 + topk)
-    attn = MultiScaleDynamicSparseAttention(dim=32, num_heads=2, topk=topk).train()  # BN in batch-stat mode
-    x = torch.randn(batch, *hw, 32)
+    # float64: the paths sum in different orders, and float32 bias gradients (sums over every pixel) show it
+    attn = MultiScaleDynamicSparseAttention(dim=32, num_heads=2, topk=topk).double().train()  # BN batch statistics
+    x = torch.randn(batch, *hw, 32, dtype=torch.float64)
     results = {}
     for impl in ("fast", "reference"):
         attn.attn_impl = impl
         attn.zero_grad()
         xi = x.clone().requires_grad_(True)
         out = attn(xi, grid)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
         grads = {n: p.grad.clone() for n, p in attn.named_parameters()}
         results[impl] = (out.detach(), xi.grad.clone(), grads)
     (o_f, g_f, p_f), (o_r, g_r, p_r) = results["fast"], results["reference"]
-    torch.testing.assert_close(o_f, o_r, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(g_f, g_r, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(o_f, o_r, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_f, g_r, rtol=1e-10, atol=1e-12)
+    scale = max(g.abs().max().item() for g in p_r.values())
     for name in p_r:
-        torch.testing.assert_close(p_f[name], p_r[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(p_f[name], p_r[name], rtol=1e-9, atol=1e-12 * scale, msg=name)
 
 
 @pytest.mark.parametrize(("batch", "size"), [(1, (112, 112)), (2, (224, 112))])
@@ -281,3 +289,21 @@ def test_fvcore_macs_of_the_reference_path_equal_the_official_count():
     model = create_model("mdsa_unet", in_channels=3, num_classes=1, attn_impl="reference").eval()
     macs, _ = fvcore_macs(model, [torch.zeros(1, 3, 224, 224)])
     assert macs == 4_501_320_320
+
+
+@pytest.mark.parametrize("residual_dropout", ["dropout", "drop_path"])
+def test_block_residual_draws_the_dropout_masks_of_nn_dropout(residual_dropout: str) -> None:
+    # The fused residual (Bernoulli draw + one multiply-add) must reproduce x + Dropout(branch) bit for bit from the
+    # same seed, so seeded training runs match the released code's masks.
+    from attnseg.models.mdsa_unet import MDSABlock
+
+    block = MDSABlock(16, 2, 1, drop_rate=0.3, residual_dropout=residual_dropout).train()
+    x, branch = torch.randn(2, 5, 6, 16), torch.randn(2, 5, 6, 16)
+    torch.manual_seed(7)
+    fused = block._residual(x, branch.clone())
+    torch.manual_seed(7)
+    plain = x + block.drop(branch)
+    assert torch.equal(fused, plain)
+    assert (fused == x).float().mean().item() == pytest.approx(0.3, abs=0.1 if residual_dropout == "dropout" else 0.5)
+    block.eval()
+    assert torch.equal(block._residual(x, branch.clone()), x + branch)

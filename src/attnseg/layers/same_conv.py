@@ -1,20 +1,23 @@
 """A stride-1, "same"-padded 2D conv whose CPU backward runs as forward convolutions.
 
-On CPU, oneDNN's backward of some conv shapes is many times slower than their forward: the depthwise 5x5 and
-dilated depthwise 3x3 convs of MALUNet's DGA and gated attention (Ruan et al., BIBM 2022), whose weight gradient falls
-to a GEMM fallback on NCHW tensors and whose joint data + weight backward costs more than the two separately, and the
-2 -> 1 channel dilated 7x7 conv of MALUNet's spatial attention bridge. For a stride-1 conv whose padding keeps the
-size (``2 * padding == dilation * (kernel - 1)``) the backward has closed forms (docs/models/malunet.md §7):
+On CPU, oneDNN's backward of some conv shapes is many times slower than their forward: the weight gradient of
+depthwise convs with kernels of 5 and more or a dilation (MALUNet's DGA and gated attention, Ruan et al., BIBM 2022;
+MDSA-UNet's LCE and multi-scale aggregator, Li et al., JBHI 2025), 10-25x the forward (it falls back to a GEMM on NCHW
+tensors); a joint data + weight backward that costs more than the two separately; and the 2 -> 1 channel dilated 7x7
+conv of MALUNet's spatial attention bridge. For a stride-1 conv whose padding keeps the size
+(``2 * padding == dilation * (kernel - 1)``) the backward has closed forms (docs/models/malunet.md §7):
 
 - input gradient: the same conv applied to the output gradient with the kernel flipped in space (and, for a dense
   conv, its in/out channels swapped);
-- weight gradient: for a dense conv, a conv of the padded input (batch as channels) with the output gradient as
-  kernel, stride = dilation; for a depthwise conv, oneDNN's weight-only backward, on channels-last copies for kernels
-  of 5 and more, where oneDNN has a direct kernel.
+- weight gradient: a conv of the padded input with the output gradient as the kernel, stride = dilation. For a dense
+  conv the batch becomes the channels (``[C_in, B, ...] * [C_out, B, ...]``); for a depthwise conv each (sample,
+  channel) plane is its own group (``groups = B * C``) and the ``B`` results are summed. Depthwise 3x3 convs without
+  dilation keep oneDNN's weight-only backward, which is fast there.
 
 The forward is ``F.conv2d`` itself (identical values); gradients equal PyTorch's up to float rounding.
-:func:`same_conv2d` takes this path only for CPU autograd at batch >= 4 outside tracing / ``torch.compile`` /
-autocast (at batch 1 PyTorch's own kernels are as fast), and calls the module otherwise.
+:func:`same_conv2d` takes this path for CPU autograd outside tracing / ``torch.compile`` / autocast: always for the
+depthwise convs with the slow weight gradient, and from batch 4 on for the others (below, PyTorch's own kernels are
+as fast).
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ __all__ = ["FAST_BACKWARD_MIN_BATCH", "same_conv2d", "uses_fast_backward"]
 FAST_BACKWARD_MIN_BATCH = 4  # below this batch PyTorch's own backward kernels are as fast (benchmarks/bench_malunet.py)
 
 
-def uses_fast_backward(x: torch.Tensor) -> bool:
-    """True when ``x`` would take a hand-written CPU backward: CPU autograd, batch >= 4, no tracing / compile."""
+def uses_fast_backward(x: torch.Tensor, min_batch: int = FAST_BACKWARD_MIN_BATCH) -> bool:
+    """True when ``x`` would take a hand-written CPU backward: CPU autograd, batch >= ``min_batch``, no tracing /
+    compile."""
     tracing = torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
     cpu_grad = x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled()
-    return cpu_grad and x.shape[0] >= FAST_BACKWARD_MIN_BATCH and not tracing
+    return cpu_grad and x.shape[0] >= min_batch and not tracing
 
 
 class _SameConv2d(torch.autograd.Function):
@@ -62,15 +66,19 @@ class _SameConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             flipped = weight.flip(-1, -2) if depthwise else weight.flip(-1, -2).transpose(0, 1)
             grad_x = F.conv2d(grad, flipped, padding=p, dilation=d, groups=groups)
-        if ctx.needs_input_grad[1] and depthwise:
-            if weight.shape[-1] >= 5:
-                grad, x = (
-                    grad.contiguous(memory_format=torch.channels_last),
-                    x.contiguous(memory_format=torch.channels_last),
-                )
+        if ctx.needs_input_grad[1] and depthwise and not _slow_depthwise_weight_grad(weight.shape[-1], d):
             grad_w = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [1, 1], [p, p], [d, d], False, [0, 0], groups, [False, True, False]
             )[1]
+        elif ctx.needs_input_grad[1] and depthwise:
+            # one group per (sample, channel) plane: [1, B C, H + 2p, W + 2p] * [B C, 1, H, W] -> [B, C, k, k], summed
+            b, c, h, w = x.shape
+            xp = x.new_zeros(b, c, h + 2 * p, w + 2 * p)  # NCHW whatever the layout of x
+            xp[:, :, p : p + h, p : p + w] = x
+            planes = F.conv2d(
+                xp.view(1, b * c, h + 2 * p, w + 2 * p), grad.contiguous().view(b * c, 1, h, w), stride=d, groups=b * c
+            )
+            grad_w = planes.view(b, c, *weight.shape[-2:]).sum(0).unsqueeze(1)
         elif ctx.needs_input_grad[1]:
             # [C_in, B, H + 2p, W + 2p] * [C_out, B, H, W] -> [C_in, C_out, k, k]
             xp = F.pad(x, (p, p, p, p)).transpose(0, 1)
@@ -80,14 +88,23 @@ class _SameConv2d(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
+def _slow_depthwise_weight_grad(kernel: int, dilation: int) -> bool:
+    # oneDNN's depthwise weight gradient is fast only for undilated 3x3 kernels (benchmarks/results/same_conv.md)
+    return kernel >= 5 or dilation > 1
+
+
 def same_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``conv(x)``, with the backward of the module docstring when ``conv`` is a same-padded stride-1 square conv
-    (dense, or depthwise with one filter per channel) and ``x`` is in a CPU autograd graph at batch >= 4."""
+    (dense, or depthwise with one filter per channel) and ``x`` is in a CPU autograd graph: at any batch for
+    depthwise convs with kernels >= 5 or a dilation, from batch 4 (:data:`FAST_BACKWARD_MIN_BATCH`) for the others."""
     k, d, p = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
     square = conv.kernel_size == (k, k) and conv.dilation == (d, d) and conv.padding == (p, p)
     shape_ok = conv.stride == (1, 1) and square and 2 * p == d * (k - 1) and conv.padding_mode == "zeros"
     depthwise = conv.groups == conv.in_channels == conv.out_channels
-    if not (shape_ok and (conv.groups == 1 or depthwise) and uses_fast_backward(x)):
+    if not (shape_ok and (conv.groups == 1 or depthwise)):
+        return conv(x)
+    any_batch = depthwise and _slow_depthwise_weight_grad(k, d)
+    if not uses_fast_backward(x, min_batch=1 if any_batch else FAST_BACKWARD_MIN_BATCH):
         return conv(x)
     if torch.is_autocast_enabled(x.device.type):  # autocast: the module's own op and dtype rules
         return conv(x)

@@ -59,7 +59,7 @@ from einops import rearrange
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from attnseg.layers import ConvBNAct, conv_bn_act, init_conv_fan_out_
+from attnseg.layers import ConvBNAct, conv_bn_act, init_conv_fan_out_, same_conv2d
 from attnseg.models.official import load_mapped, register_official
 from attnseg.models.registry import register_model
 
@@ -156,12 +156,15 @@ class MultiScaleAggregator(nn.Module):
         )
         self.out_proj = nn.Conv2d(dim, dim, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``[B, C, H, W]`` to ``[B, C, H, W]`` (memory format preserved)."""
+    def forward(self, x: torch.Tensor, fast_backward: bool = False) -> torch.Tensor:
+        """Map ``[B, C, H, W]`` to ``[B, C, H, W]`` (memory format preserved); ``fast_backward``: the depthwise
+        convs through :func:`attnseg.layers.same_conv2d` (same values, faster CPU backward)."""
         p = self.proj(x)
         groups = p.chunk(4, dim=1)  # 4 x [B, C/4, H, W]
         outs = [F.relu(self.norm0(groups[0]))]
-        outs += [branch(g) for branch, g in zip(self.branches, groups[1:])]
+        for branch, g in zip(self.branches, groups[1:]):
+            dw = same_conv2d(g, branch[0]) if fast_backward else branch[0](g)
+            outs.append(branch[1:](dw))
         return self.out_proj(torch.cat(outs, dim=1))
 
 
@@ -211,15 +214,17 @@ class MDSA(nn.Module):
         """
         # docs/models/mdsa_unet.md §2.1 (a)-(b): Q = K = V = A, the multi-scale aggregation of the input (no q/k/v
         # projections).
-        a = self.aggregator(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # [B, H, W, C] (view when channels-last)
-        if self.attn_impl == "reference":
+        fast = self.attn_impl == "fast"
+        a = self.aggregator(x.permute(0, 3, 1, 2), fast).permute(0, 2, 3, 1)  # [B, H, W, C] (view if channels-last)
+        if not fast:
             out = self._attend_reference(a, grid)
         else:
             out = self._attend_fast(a, grid)
         # docs/models/mdsa_unet.md §2.1 (g)-(h): LCE = depthwise 5x5 on V as a 2-D map, added before the output
         # projection.
-        lce = self.lce(a.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.proj(out + lce)
+        a2d = a.permute(0, 3, 1, 2)
+        lce = (same_conv2d(a2d, self.lce) if fast else self.lce(a2d)).permute(0, 2, 3, 1)
+        return self.proj(lce.add_(out))  # in place on the conv output (its backward does not need it)
 
     def _attend_reference(self, a: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         # The official computation, step by step (docs/models/mdsa_unet.md §2.1 (c)-(f)), materialised copies included.
@@ -258,6 +263,15 @@ class MDSA(nn.Module):
         elif self.topk == 1:
             # Q = K makes each region its own top-1 (cosine 1): plain non-overlapping window attention.
             o = F.scaled_dot_product_attention(qh, qh, qh, scale=self.scale)  # [(B n), m, t, d]
+        elif _masked_routing_pays(n, t, self.topk):
+            # Routing to a large share of few regions: one dense attention over all tokens with non-routed regions
+            # masked out (exp(-inf) = 0, the same sum) beats gathering k copies into many tiny attention problems.
+            idx = route_regions(a, grid, self.topk)  # [B, n, k]
+            routed = (idx.unsqueeze(-1) == torch.arange(n, device=a.device)).sum(2) > 0  # [B, n, n] region pairs
+            mask = routed[:, :, None, :, None].expand(b, n, t, n, t).reshape(b, 1, n * t, n * t)
+            kv = q.reshape(b, n * t, m, c // m).transpose(1, 2)  # [B, m, n t, d], region-major tokens
+            o = F.scaled_dot_product_attention(kv, kv, kv, attn_mask=mask, scale=self.scale).view(b, m, n, t, c // m)
+            o = o.transpose(1, 2).reshape(b * n, m, t, c // m)
         else:
             idx = route_regions(a, grid, self.topk)  # [B, n, k]
             batch = torch.arange(b, device=a.device).view(b, 1, 1)
@@ -266,6 +280,14 @@ class MDSA(nn.Module):
             o = F.scaled_dot_product_attention(qh, kv, kv, scale=self.scale)  # [(B n), m, t, d]
         rh, rw = h // grid[0], w // grid[1]
         return rearrange(o, "(b nh nw) m (rh rw) d -> b (nh rh) (nw rw) (m d)", b=b, nh=grid[0], rh=rh, rw=rw)
+
+
+def _masked_routing_pays(regions: int, tokens: int, topk: int) -> bool:
+    """Whether masked dense attention is cheaper than gathered routed attention (measured on CPU, one thread,
+    benchmarks/results/mdsa_unet.md): it computes ``regions / topk`` times the scores in one large problem instead
+    of ``regions`` small ones, which pays up to 4x the scores and about 1024 tokens (the released 14x14 stage,
+    top-16 of 49 regions: 2.2x faster at batch 2, 3.7x at batch 8)."""
+    return 4 * topk >= regions and regions * tokens <= 1024
 
 
 MultiScaleDynamicSparseAttention = MDSA  # descriptive name of MDSA-UNet's Multi-scale Dynamic Sparse Attention
@@ -332,11 +354,20 @@ class MDSABlock(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Map ``[B, C, H, W]`` to ``[B, C, H, W]``; ``grid`` = regions per side."""
-        x = x + self.cpe(x)
+        x = self.cpe(x).add_(x)  # x + CPE(x), in place on the conv output
         x = x.permute(0, 2, 3, 1)  # [B, H, W, C] (a view when x is channels-last)
-        x = x + self.drop(self.attn(self.norm1(x), grid))
-        x = x + self.drop(self.mlp(self.norm2(x)))
+        x = self._residual(x, self.attn(self.norm1(x), grid))
+        x = self._residual(x, self.mlp(self.norm2(x)))
         return x.permute(0, 3, 1, 2)  # [B, C, H, W]
+
+    def _residual(self, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """``x + drop(branch)``; ``branch`` is a fresh Linear output that this may overwrite."""
+        if isinstance(self.drop, nn.Dropout) and self.training and 0 < self.drop.p < 1:
+            # nn.Dropout's own draw (Bernoulli(1 - p) on a tensor like the branch: the same mask for a seed), then
+            # scale, multiply and add in one pass instead of three.
+            keep = torch.empty_like(branch).bernoulli_(1 - self.drop.p)
+            return torch.addcmul(x, branch, keep, value=1 / (1 - self.drop.p))
+        return self.drop(branch).add_(x)
 
 
 class MDSAStage(nn.Sequential):
