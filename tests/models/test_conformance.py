@@ -327,6 +327,10 @@ class TestConformance:
         finite gradients pointing the same way (cosine >= 0.5; measured per model in docs/mixed_precision.md)."""
         import torch.nn.functional as F
 
+        from attnseg.training.precision import bf16_conv3d_backward_is_reliable
+
+        if len(_size(name)) == 3 and not bf16_conv3d_backward_is_reliable("cpu"):
+            pytest.skip("this CPU's oneDNN bf16 Conv3d weight gradients are wrong; attnseg train refuses bf16 here")
         model = _build(name).train()
         x = _input(model, _size(name), 2)
         plane = x if x.dim() == 2 + len(_size(name)) else x[:, :, x.shape[2] // 2]  # a slab's centre slice

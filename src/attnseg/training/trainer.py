@@ -47,6 +47,7 @@ from attnseg.models.registry import (
 from attnseg.runs import RunDir, RunError, unwrap
 from attnseg.training import distributed as ddp
 from attnseg.training.losses import build_loss
+from attnseg.training.precision import bf16_conv3d_backward_is_reliable
 
 __all__ = ["Trainer", "register_trainer", "get_trainer", "list_trainers", "train", "dice_per_class"]
 
@@ -310,6 +311,13 @@ class Trainer:
 
         if c.amp == "fp16" and self.device.type != "cuda":
             raise ConfigError(f"fp16 needs CUDA (its gradient scaler); on {self.device.type} use bf16", option="amp")
+        if c.amp == "bf16" and self.device.type == "cpu" and self.spatial_dims == 3:
+            if not bf16_conv3d_backward_is_reliable("cpu"):
+                raise ConfigError(
+                    "bf16 on this CPU: oneDNN's bf16 Conv3d weight gradients failed attnseg's self-test (wrong values "
+                    "on small maps, docs/mixed_precision.md); use --amp none, or set ONEDNN_MAX_CPU_ISA=AVX2",
+                    option="amp",
+                )
         self.model.to(self.device)
         if c.channels_last:  # NHWC / NDHWC: faster convolutions on tensor cores and in oneDNN on CPU
             self.model.to(memory_format=_memory_format(self.spatial_dims + 2))
