@@ -24,9 +24,12 @@ initial weights, so both hold the same weights and see the same input. Before ti
 are checked equal in float64 (train mode, dropout off, loss = mean logit); float32 differences are reported too
 (in float32 the encoder's max-pool can flip a near-tie argmax between the two, which moves single-pixel gradients).
 Timing: forward (eval, no_grad) and forward+backward (train mode as released, dropout on, mean-logit loss), the two
-implementations round-robin with ``attnseg.bench.speed.time_interleaved`` for ``--rounds`` rounds of ``--runs``
-calls; each round gives one ratio official / ours of the median wall times; we report the median ratio and its
-spread (min..max over rounds), and the load average before and after. If the median forward+backward ratio is below
+implementations each in its own worker process (``attnseg.bench.speed.ProcessTimer``), called round-robin for
+``--rounds`` rounds of ``--runs`` calls; each round gives one ratio official / ours of the median wall times; we
+report the median ratio and its spread (min..max over rounds), the minor page faults per call, and the load average
+before and after. Separate processes matter here: in one shared process the official model's time swung between
+1.2 s and 2.5 s with the heap our model left behind (the official step frees and re-faults ~1.2 GB per call at
+batch 2), which moved the ratio between 1.4x and 2.3x. If the median forward+backward ratio is below
 2.0 the script prints a REGRESSION line and exits 1 (``--no-guard``: only report). Written to
 ``benchmarks/results/mdsa_unet_official.{json,md}``.
 
@@ -334,14 +337,32 @@ def _equality_check(official: Any, ours: Any, x: Any) -> dict[str, Any]:
     }
 
 
+def _comparison_steps(which: str, folder: Path, batch: int, size: int) -> dict[str, Any]:
+    """Timing-worker maker: the official model (seed 0) or ours built from its weights, and the benchmark input."""
+    import torch
+
+    from attnseg.bench.speed import make_step
+    from attnseg.models import from_official
+
+    torch.manual_seed(0)
+    model = _import_official(folder).MDSAUNet()
+    if which == "attnseg":
+        model = from_official("MDSAUNet.MDSAUNet", model.state_dict())  # the official model is dropped here
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    return {mode: make_step(model, x, mode) for mode in ("forward", "forward_backward")}
+
+
 def official_comparison(
     module: Any, folder: Path, batch: int, size: int, rounds: int, runs: int, threads: int
 ) -> dict[str, Any]:
-    """Part 3: equality check, then official vs ours interleaved timing (forward and forward+backward)."""
+    """Part 3: equality check, then official vs ours interleaved timing (forward and forward+backward), each in its
+    own worker process."""
+    import functools
+
     import torch
 
     from attnseg.bench.report import environment_info
-    from attnseg.bench.speed import make_step, time_interleaved
+    from attnseg.bench.speed import ProcessTimer
     from attnseg.models import from_official
 
     torch.set_num_threads(threads)
@@ -355,32 +376,41 @@ def official_comparison(
     print(f"  {json.dumps(check)}", flush=True)
     if not check["passed"]:
         raise RuntimeError(f"official and attnseg differ beyond {EQUAL_RTOL} in float64: {check['train_float64']}")
+    del official, ours
     timings: dict[str, Any] = {}
-    for mode in ("forward", "forward_backward"):
-        steps = {"official": make_step(official, x, mode), "attnseg": make_step(ours, x, mode)}
-        per_round = []
-        for r in range(rounds):
-            res = time_interleaved(steps, runs=runs, warmup=1 if r == 0 else 0, digits=1)
-            ratio = res["official"]["wall"]["median_ms"] / res["attnseg"]["wall"]["median_ms"]
-            cpu_ratio = res["official"]["process_cpu"]["median_ms"] / res["attnseg"]["process_cpu"]["median_ms"]
-            per_round.append({**res, "ratio_wall": round(ratio, 3), "ratio_cpu": round(cpu_ratio, 3)})
-            print(
-                f"  {mode:16s} round {r + 1}/{rounds}: official {res['official']['wall']['median_ms']:.0f} ms, "
-                f"attnseg {res['attnseg']['wall']['median_ms']:.0f} ms, ratio {ratio:.2f}x (CPU {cpu_ratio:.2f}x) "
-                f"load {os.getloadavg()[0]:.2f}",
-                flush=True,
-            )
-        walls = [p["ratio_wall"] for p in per_round]
-        cpus = [p["ratio_cpu"] for p in per_round]
-        timings[mode] = {
-            "rounds": per_round,
-            "ratio_wall_median": round(statistics.median(walls), 3),
-            "ratio_wall_spread": [min(walls), max(walls)],
-            "ratio_cpu_median": round(statistics.median(cpus), 3),
-            "ratio_cpu_spread": [min(cpus), max(cpus)],
-            "official_wall_median_ms": statistics.median(p["official"]["wall"]["median_ms"] for p in per_round),
-            "attnseg_wall_median_ms": statistics.median(p["attnseg"]["wall"]["median_ms"] for p in per_round),
-        }
+    makers = {name: functools.partial(_comparison_steps, name, folder, batch, size) for name in ("official", "attnseg")}
+    with ProcessTimer(makers, threads=threads) as timer:
+        for mode in ("forward", "forward_backward"):
+            per_round = []
+            for r in range(rounds):
+                res = timer.time(mode, runs=runs, warmup=1 if r == 0 else 0, digits=1)
+                ratio = res["official"]["wall"]["median_ms"] / res["attnseg"]["wall"]["median_ms"]
+                cpu_ratio = res["official"]["process_cpu"]["median_ms"] / res["attnseg"]["process_cpu"]["median_ms"]
+                per_round.append({**res, "ratio_wall": round(ratio, 3), "ratio_cpu": round(cpu_ratio, 3)})
+                print(
+                    f"  {mode:16s} round {r + 1}/{rounds}: official {res['official']['wall']['median_ms']:.0f} ms, "
+                    f"attnseg {res['attnseg']['wall']['median_ms']:.0f} ms, ratio {ratio:.2f}x (CPU {cpu_ratio:.2f}x) "
+                    f"page faults {res['official']['minor_faults']['median']:.0f} / "
+                    f"{res['attnseg']['minor_faults']['median']:.0f}, load {os.getloadavg()[0]:.2f}",
+                    flush=True,
+                )
+            walls = [p["ratio_wall"] for p in per_round]
+            cpus = [p["ratio_cpu"] for p in per_round]
+            timings[mode] = {
+                "rounds": per_round,
+                "ratio_wall_median": round(statistics.median(walls), 3),
+                "ratio_wall_spread": [min(walls), max(walls)],
+                "ratio_cpu_median": round(statistics.median(cpus), 3),
+                "ratio_cpu_spread": [min(cpus), max(cpus)],
+                "official_wall_median_ms": statistics.median(p["official"]["wall"]["median_ms"] for p in per_round),
+                "attnseg_wall_median_ms": statistics.median(p["attnseg"]["wall"]["median_ms"] for p in per_round),
+                "official_minor_faults_median": statistics.median(
+                    p["official"]["minor_faults"]["median"] for p in per_round
+                ),
+                "attnseg_minor_faults_median": statistics.median(
+                    p["attnseg"]["minor_faults"]["median"] for p in per_round
+                ),
+            }
     return {
         "benchmark": "bench_mdsa_unet --official-only",
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -430,7 +460,10 @@ def _official_markdown(doc: dict[str, Any]) -> str:
         f"| forward, eval, float32 | {chk['forward_eval_float32_output_max_rel_diff']:.1e} | - |",
         "",
         f"Timing: {cfg['rounds']} rounds of {cfg['runs_per_round']} interleaved calls each (official, ours, official, "
-        "...); per round, ratio = official median wall / ours median wall.",
+        "...), each implementation in its own worker process; per round, ratio = official median wall / ours median "
+        f"wall. Minor page faults per forward+backward call (median): official "
+        f"{doc['timing']['forward_backward']['official_minor_faults_median']:.0f}, attnseg "
+        f"{doc['timing']['forward_backward']['attnseg_minor_faults_median']:.0f}.",
         "",
         "| step | official ms | attnseg ms | official / attnseg wall (median, min..max) | CPU-time ratio |",
         "|---|---:|---:|---|---|",

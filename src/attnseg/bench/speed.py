@@ -38,7 +38,15 @@ from torch import nn
 
 from attnseg.bench.complexity import output_loss
 
-__all__ = ["TimingStats", "SpeedResult", "MemoryResult", "time_callable", "measure_speed", "measure_peak_memory"]
+__all__ = [
+    "TimingStats",
+    "SpeedResult",
+    "MemoryResult",
+    "ProcessTimer",
+    "time_callable",
+    "measure_speed",
+    "measure_peak_memory",
+]
 
 _MB = 1024.0**2
 
@@ -188,6 +196,97 @@ def time_interleaved(
                 wall[name].append(t1 - t0)
                 cpu[name].append(c1 - c0)
     return {n: {"wall": summarize_ms(wall[n], digits), "process_cpu": summarize_ms(cpu[n], digits)} for n in steps}
+
+
+def _timing_worker(conn: Any, maker: Callable[[], Mapping[str, Callable[[], Any]]], threads: int) -> None:
+    """Worker of :class:`ProcessTimer`: build the steps once, then time one call per request until told to stop."""
+    import resource
+
+    torch.set_num_threads(threads)
+    try:
+        steps = maker()
+    except BaseException as exc:  # reported to the parent, which raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", sorted(steps)))
+    while (mode := conn.recv()) is not None:
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        c0, t0 = time.process_time(), time.perf_counter()
+        steps[mode]()
+        t1, c1 = time.perf_counter(), time.process_time()
+        conn.send((t1 - t0, c1 - c0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0))
+
+
+class ProcessTimer:
+    """Time variants round-robin, each in its own worker process (one address space and allocator per variant).
+
+    :func:`time_interleaved` runs every variant in one process, where one variant's allocations shape the heap the
+    next one finds: a model that frees and re-faults hundreds of MB per step (glibc hands large blocks back to the
+    kernel) can then run 1.3x faster or slower depending on its neighbour. Here each variant lives in a spawned
+    process, built once by ``maker()`` (a picklable callable returning ``{mode: step}``), and the parent asks the
+    workers for one call at a time, alternating, so load drifts still hit all alike and only one worker runs at a
+    time. Each call reports wall time, process-CPU time and minor page faults.
+
+    Use as a context manager; :meth:`time` returns the summaries of :func:`time_interleaved` plus ``minor_faults``.
+    """
+
+    def __init__(self, makers: Mapping[str, Callable[[], Mapping[str, Callable[[], Any]]]], threads: int = 1) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self._conns: dict[str, Any] = {}
+        self._procs: list[Any] = []
+        try:
+            for name, maker in makers.items():
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_timing_worker, args=(child, maker, threads), daemon=True)
+                proc.start()
+                self._conns[name] = parent
+                self._procs.append(proc)
+            for name, conn in self._conns.items():
+                status, detail = conn.recv()
+                if status != "ready":
+                    raise RuntimeError(f"timing worker {name!r} failed to build its steps: {detail}")
+        except BaseException:
+            self.close()
+            raise
+
+    def time(self, mode: str, runs: int, warmup: int, digits: int = 2) -> dict[str, dict[str, dict[str, float]]]:
+        """``warmup`` untimed then ``runs`` timed calls of ``mode`` per variant, alternating call by call."""
+        wall: dict[str, list[float]] = {n: [] for n in self._conns}
+        cpu: dict[str, list[float]] = {n: [] for n in self._conns}
+        faults: dict[str, list[float]] = {n: [] for n in self._conns}
+        for i in range(warmup + runs):
+            for name, conn in self._conns.items():
+                conn.send(mode)
+                w, c, f = conn.recv()
+                if i >= warmup:
+                    wall[name].append(w)
+                    cpu[name].append(c)
+                    faults[name].append(f)
+        return {
+            n: {
+                "wall": summarize_ms(wall[n], digits),
+                "process_cpu": summarize_ms(cpu[n], digits),
+                "minor_faults": {"median": float(np.median(faults[n])), "n": len(faults[n])},
+            }
+            for n in self._conns
+        }
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            with contextlib.suppress(OSError, BrokenPipeError):
+                conn.send(None)
+        for proc in self._procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+
+    def __enter__(self) -> ProcessTimer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _make_input(input_shape: Sequence[int], device: torch.device) -> torch.Tensor:
