@@ -21,8 +21,10 @@ threads (default 1):
   ones: output max |diff| / max |official output|; gradient max |diff| over all parameters / the largest official
   gradient entry (a per-tensor ratio is meaningless for the IEA input-projection biases, whose gradient is exactly
   zero in real arithmetic: the softmax over pixels cancels them, so both sides hold rounding noise only).
-- Latency: ``--rounds`` rounds; each round runs ``attnseg.bench.speed.time_interleaved`` (the implementations
-  round-robin, call by call, ``--warmup`` untimed calls then ``--runs`` timed ones) and takes the per-round median
+- Latency: ``--rounds`` rounds; each implementation runs in its own worker process (``attnseg.bench.speed.
+  ProcessTimer``: one heap per implementation, so none runs on the allocator state another left), the
+  implementations called round-robin, call by call, ``--warmup`` untimed calls then ``--runs`` timed ones; each
+  round takes the per-round median
   wall time of each implementation. The speed ratio official / ours is computed per round; we report its median
   and its spread (min..max over rounds), for wall time and for process CPU time (``time.process_time``, steadier on
   a shared machine: it excludes time the process was descheduled). ``os.getloadavg()`` is recorded before and
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -59,7 +62,7 @@ from typing import Any
 import torch
 
 from attnseg.bench.report import environment_info, save_results
-from attnseg.bench.speed import make_step, time_interleaved
+from attnseg.bench.speed import ProcessTimer, make_step
 from attnseg.models import from_official
 from attnseg.models.malunet import _rename_official  # the official-weights loader's key map
 
@@ -141,14 +144,23 @@ def check_equal(official_cls: type, batch: int = 4) -> dict[str, Any]:
     return report
 
 
-def time_rounds(official_cls: type, batch: int, mode: str, rounds: int, runs: int, warmup: int) -> dict[str, Any]:
-    """``rounds`` interleaved timings; per-round medians and per-round ratios official / ours."""
+def _worker_steps(name: str, folder: Path, batch: int, mode: str) -> dict[str, Any]:
+    """Timing-worker maker (its own process): implementation ``name`` and the benchmark input."""
     x = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    steps = {n: make_step(build(n, official_cls), x, mode) for n in IMPLEMENTATIONS}
+    return {mode: make_step(build(name, import_official(folder)), x, mode)}
+
+
+def time_rounds(
+    folder: Path, batch: int, mode: str, rounds: int, runs: int, warmup: int, threads: int
+) -> dict[str, Any]:
+    """``rounds`` interleaved timings, each implementation in its own worker process; per-round medians and
+    per-round ratios official / ours."""
+    makers = {n: functools.partial(_worker_steps, n, folder, batch, mode) for n in IMPLEMENTATIONS}
     per_round: list[dict[str, dict[str, float]]] = []
-    for _ in range(rounds):
-        t = time_interleaved(steps, runs, warmup)
-        per_round.append({n: {k: t[n][k]["median_ms"] for k in ("wall", "process_cpu")} for n in IMPLEMENTATIONS})
+    with ProcessTimer(makers, threads=threads) as timer:
+        for _ in range(rounds):
+            t = timer.time(mode, runs, warmup)
+            per_round.append({n: {k: t[n][k]["median_ms"] for k in ("wall", "process_cpu")} for n in IMPLEMENTATIONS})
     out: dict[str, Any] = {
         "batch": batch,
         "mode": mode,
@@ -326,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     doc["timing"] = []
     for batch in (int(b) for b in args.batches.split(",")):
         for mode in reversed(MODES):
-            row = time_rounds(official_cls, batch, mode, args.rounds, args.runs, args.warmup)
+            row = time_rounds(args.official, batch, mode, args.rounds, args.runs, args.warmup, args.threads)
             doc["timing"].append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "per_round"}), flush=True)
     doc["profile_top_ops"] = {n: profile_top(official_cls, n) for n in ("official", "attnseg")}
