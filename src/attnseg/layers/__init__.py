@@ -13,7 +13,7 @@ from attnseg.layers.channel_pool import CHANNEL_STATISTICS, channel_pool
 from attnseg.layers.conv_norm_act import ConvBNAct, ConvNormAct, conv_bn_act
 from attnseg.layers.input_size import check_divisible, padded_size
 from attnseg.layers.pair import to_pair
-from attnseg.layers.same_conv import FAST_BACKWARD_MIN_BATCH, same_conv2d, uses_fast_backward
+from attnseg.layers.same_conv import ANY_BATCH_MIN_ELEMENTS, FAST_BACKWARD_MIN_BATCH, same_conv2d, uses_fast_backward
 from attnseg.layers.weight_init import init_conv_fan_out_
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "check_divisible",
     "padded_size",
     "to_pair",
+    "ANY_BATCH_MIN_ELEMENTS",
     "FAST_BACKWARD_MIN_BATCH",
     "same_conv2d",
     "uses_fast_backward",

@@ -15,9 +15,9 @@ conv of MALUNet's spatial attention bridge. For a stride-1 conv whose padding ke
   dilation keep oneDNN's weight-only backward, which is fast there.
 
 The forward is ``F.conv2d`` itself (identical values); gradients equal PyTorch's up to float rounding.
-:func:`same_conv2d` takes this path for CPU autograd outside tracing / ``torch.compile`` / autocast: always for the
-depthwise convs with the slow weight gradient, and from batch 4 on for the others (below, PyTorch's own kernels are
-as fast).
+:func:`same_conv2d` takes this path for CPU autograd outside tracing / ``torch.compile`` / autocast: from batch 4 on
+(below, PyTorch's own kernels are as fast), and at any batch for the depthwise convs with the slow weight gradient
+when the input is large enough for the gain to beat the extra calls (64 Ki elements).
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FAST_BACKWARD_MIN_BATCH", "same_conv2d", "uses_fast_backward"]
+__all__ = ["ANY_BATCH_MIN_ELEMENTS", "FAST_BACKWARD_MIN_BATCH", "same_conv2d", "uses_fast_backward"]
 
 FAST_BACKWARD_MIN_BATCH = 4  # below this batch PyTorch's own backward kernels are as fast (benchmarks/bench_malunet.py)
+# below it too, depthwise convs with a slow oneDNN weight gradient take the hand-written backward from this many input
+# elements on (MDSA-UNet's 56x56 and 28x28 maps at batch 1-2; not MALUNet's small maps at batch 1)
+ANY_BATCH_MIN_ELEMENTS = 1 << 16
 
 
 def uses_fast_backward(x: torch.Tensor, min_batch: int = FAST_BACKWARD_MIN_BATCH) -> bool:
@@ -95,15 +98,17 @@ def _slow_depthwise_weight_grad(kernel: int, dilation: int) -> bool:
 
 def same_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``conv(x)``, with the backward of the module docstring when ``conv`` is a same-padded stride-1 square conv
-    (dense, or depthwise with one filter per channel) and ``x`` is in a CPU autograd graph: at any batch for
-    depthwise convs with kernels >= 5 or a dilation, from batch 4 (:data:`FAST_BACKWARD_MIN_BATCH`) for the others."""
+    (dense, or depthwise with one filter per channel) and ``x`` is in a CPU autograd graph: from batch 4
+    (:data:`FAST_BACKWARD_MIN_BATCH`), and at any batch for depthwise convs with kernels >= 5 or a dilation on inputs
+    of at least :data:`ANY_BATCH_MIN_ELEMENTS` elements."""
     k, d, p = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
     square = conv.kernel_size == (k, k) and conv.dilation == (d, d) and conv.padding == (p, p)
     shape_ok = conv.stride == (1, 1) and square and 2 * p == d * (k - 1) and conv.padding_mode == "zeros"
     depthwise = conv.groups == conv.in_channels == conv.out_channels
     if not (shape_ok and (conv.groups == 1 or depthwise)):
         return conv(x)
-    any_batch = depthwise and _slow_depthwise_weight_grad(k, d)
+    # small maps (MALUNet's at batch 1, 6-64 channels at 8-32 px) pay more for the extra calls than they save
+    any_batch = depthwise and _slow_depthwise_weight_grad(k, d) and x.numel() >= ANY_BATCH_MIN_ELEMENTS
     if not uses_fast_backward(x, min_batch=1 if any_batch else FAST_BACKWARD_MIN_BATCH):
         return conv(x)
     if torch.is_autocast_enabled(x.device.type):  # autocast: the module's own op and dtype rules
