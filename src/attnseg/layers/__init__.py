@@ -13,7 +13,13 @@ from attnseg.layers.channel_pool import CHANNEL_STATISTICS, channel_pool
 from attnseg.layers.conv_norm_act import ConvBNAct, ConvNormAct, conv_bn_act
 from attnseg.layers.input_size import check_divisible, padded_size
 from attnseg.layers.pair import to_pair
-from attnseg.layers.same_conv import ANY_BATCH_MIN_ELEMENTS, FAST_BACKWARD_MIN_BATCH, same_conv2d, uses_fast_backward
+from attnseg.layers.same_conv import (
+    ANY_BATCH_MIN_ELEMENTS,
+    FAST_BACKWARD_MIN_BATCH,
+    fast_backward_applies,
+    same_conv2d,
+    uses_fast_backward,
+)
 from attnseg.layers.weight_init import init_conv_fan_out_
 
 __all__ = [
@@ -27,6 +33,7 @@ __all__ = [
     "to_pair",
     "ANY_BATCH_MIN_ELEMENTS",
     "FAST_BACKWARD_MIN_BATCH",
+    "fast_backward_applies",
     "same_conv2d",
     "uses_fast_backward",
     "init_conv_fan_out_",

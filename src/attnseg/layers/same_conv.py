@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ANY_BATCH_MIN_ELEMENTS", "FAST_BACKWARD_MIN_BATCH", "same_conv2d", "uses_fast_backward"]
+__all__ = [
+    "ANY_BATCH_MIN_ELEMENTS",
+    "FAST_BACKWARD_MIN_BATCH",
+    "fast_backward_applies",
+    "same_conv2d",
+    "uses_fast_backward",
+]
 
 FAST_BACKWARD_MIN_BATCH = 4  # below this batch PyTorch's own backward kernels are as fast (benchmarks/bench_malunet.py)
 # below it too, depthwise convs with a slow oneDNN weight gradient take the hand-written backward from this many input
@@ -96,21 +102,26 @@ def _slow_depthwise_weight_grad(kernel: int, dilation: int) -> bool:
     return kernel >= 5 or dilation > 1
 
 
-def same_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(x)``, with the backward of the module docstring when ``conv`` is a same-padded stride-1 square conv
-    (dense, or depthwise with one filter per channel) and ``x`` is in a CPU autograd graph: from batch 4
-    (:data:`FAST_BACKWARD_MIN_BATCH`), and at any batch for depthwise convs with kernels >= 5 or a dilation on inputs
-    of at least :data:`ANY_BATCH_MIN_ELEMENTS` elements."""
+def fast_backward_applies(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether :func:`same_conv2d` would run ``conv`` on ``x`` with the hand-written backward: a same-padded stride-1
+    square conv (dense, or depthwise with one filter per channel), ``x`` in a CPU autograd graph outside autocast, at
+    batch >= 4 (:data:`FAST_BACKWARD_MIN_BATCH`), or at any batch for depthwise convs with kernels >= 5 or a dilation
+    on inputs of at least :data:`ANY_BATCH_MIN_ELEMENTS` elements."""
     k, d, p = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
     square = conv.kernel_size == (k, k) and conv.dilation == (d, d) and conv.padding == (p, p)
     shape_ok = conv.stride == (1, 1) and square and 2 * p == d * (k - 1) and conv.padding_mode == "zeros"
     depthwise = conv.groups == conv.in_channels == conv.out_channels
     if not (shape_ok and (conv.groups == 1 or depthwise)):
-        return conv(x)
+        return False
     # small maps (MALUNet's at batch 1, 6-64 channels at 8-32 px) pay more for the extra calls than they save
     any_batch = depthwise and _slow_depthwise_weight_grad(k, d) and x.numel() >= ANY_BATCH_MIN_ELEMENTS
     if not uses_fast_backward(x, min_batch=1 if any_batch else FAST_BACKWARD_MIN_BATCH):
+        return False
+    return not torch.is_autocast_enabled(x.device.type)  # autocast: the module's own op and dtype rules
+
+
+def same_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(x)``, with the backward of the module docstring where :func:`fast_backward_applies`."""
+    if not fast_backward_applies(x, conv):
         return conv(x)
-    if torch.is_autocast_enabled(x.device.type):  # autocast: the module's own op and dtype rules
-        return conv(x)
-    return _SameConv2d.apply(x, conv.weight, conv.bias, p, d, conv.groups)
+    return _SameConv2d.apply(x, conv.weight, conv.bias, conv.padding[0], conv.dilation[0], conv.groups)

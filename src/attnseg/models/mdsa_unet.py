@@ -42,8 +42,11 @@ Deviations from the official code (none changes outputs where the official code 
 - EUF resizes when height *or* width differ (the official code compares heights only and would fail at the concat).
 - Two numerically equivalent attention paths: ``attn_impl="reference"`` follows the official computation step by
   step (K/V built by concatenating A with itself, gather over a broadcast view); ``attn_impl="fast"`` (default)
-  skips routing for top-k = 1 (window attention), gathers each routed region once with K and V sharing storage, runs
-  ``F.scaled_dot_product_attention`` with the explicit ``C ** -0.5`` scale, and keeps feature maps channels-last.
+  skips routing for top-k = 1 (window attention), runs one masked dense attention over all tokens where the routed
+  regions are a large share of few tokens (the released top-16-of-49 stage), otherwise gathers each routed region
+  once with K and V sharing storage, calls ``F.scaled_dot_product_attention`` with the explicit ``C ** -0.5`` scale,
+  keeps feature maps channels-last and runs the 5x5 / 7x7 depthwise convs with the backward of
+  :func:`attnseg.layers.same_conv2d`.
   The fast top-k = 1 path assumes the mathematically guaranteed self-route; the reference path reproduces
   ``torch.topk``'s tie-break when two regions have identical (cosine = 1) descriptors.
 """
