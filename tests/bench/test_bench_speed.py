@@ -173,3 +173,37 @@ def test_time_interleaved_runs_each_variant_inside_its_context():
     assert calls == ["a", "b"] * 4 and entered == calls  # round-robin, warm-up included, context around each call
     assert set(out) == {"a", "b"} and out["a"]["wall"]["n"] == 3 and out["b"]["process_cpu"]["n"] == 3
     assert out["a"]["wall"]["median_ms"] >= 0
+
+
+def _sleeping_steps(seconds: float) -> dict:
+    import time as _time
+
+    return {"step": lambda: _time.sleep(seconds)}
+
+
+def _failing_steps() -> dict:
+    raise ValueError("no such model")
+
+
+def test_process_timer_times_each_variant_in_its_own_process():
+    import functools
+
+    from attnseg.bench.speed import ProcessTimer
+
+    makers = {"slow": functools.partial(_sleeping_steps, 0.06), "fast": functools.partial(_sleeping_steps, 0.02)}
+    with ProcessTimer(makers) as timer:
+        out = timer.time("step", runs=3, warmup=1)
+        procs = list(timer._procs)
+    assert set(out) == {"slow", "fast"}
+    assert out["slow"]["wall"]["n"] == out["fast"]["wall"]["n"] == 3
+    assert 55 <= out["slow"]["wall"]["median_ms"] < 120 and 18 <= out["fast"]["wall"]["median_ms"] < 60
+    assert out["slow"]["process_cpu"]["median_ms"] < 20  # sleeping costs no CPU: the clock is the worker's own
+    assert out["slow"]["minor_faults"]["n"] == 3
+    assert all(not p.is_alive() for p in procs)  # workers stopped on exit
+
+
+def test_process_timer_reports_a_worker_that_cannot_build_its_steps():
+    from attnseg.bench.speed import ProcessTimer
+
+    with pytest.raises(RuntimeError, match=r"'broken' failed to build its steps: ValueError: no such model"):
+        ProcessTimer({"broken": _failing_steps})
