@@ -31,6 +31,7 @@ from torch import nn
 __all__ = [
     "ANY_BATCH_MIN_ELEMENTS",
     "FAST_BACKWARD_MIN_BATCH",
+    "depthwise_weight_grad",
     "fast_backward_applies",
     "same_conv2d",
     "uses_fast_backward",
@@ -48,6 +49,21 @@ def uses_fast_backward(x: torch.Tensor, min_batch: int = FAST_BACKWARD_MIN_BATCH
     tracing = torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
     cpu_grad = x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled()
     return cpu_grad and x.shape[0] >= min_batch and not tracing
+
+
+def depthwise_weight_grad(
+    grad: torch.Tensor, x: torch.Tensor, kernel: int, padding: int, dilation: int
+) -> torch.Tensor:
+    """Weight gradient ``[C, 1, k, k]`` of a stride-1 depthwise conv from its input ``x`` and output gradient ``grad``
+    (both ``[B, C, H, W]``, any memory format): one grouped conv of the zero-padded input with the output gradient as
+    the kernel, one group per (sample, channel) plane (``[1, B C, H + 2p, W + 2p] * [B C, 1, H, W]``, stride =
+    dilation), summed over the batch."""
+    b, c, h, w = x.shape
+    xp = x.new_zeros(b, c, h + 2 * padding, w + 2 * padding)  # NCHW whatever the layout of x
+    xp[:, :, padding : padding + h, padding : padding + w] = x
+    kernels = grad.contiguous().view(b * c, 1, h, w)
+    planes = F.conv2d(xp.view(1, b * c, *xp.shape[-2:]), kernels, stride=dilation, groups=b * c)
+    return planes.view(b, c, kernel, kernel).sum(0).unsqueeze(1)
 
 
 class _SameConv2d(torch.autograd.Function):
@@ -80,14 +96,7 @@ class _SameConv2d(torch.autograd.Function):
                 grad, x, weight, None, [1, 1], [p, p], [d, d], False, [0, 0], groups, [False, True, False]
             )[1]
         elif ctx.needs_input_grad[1] and depthwise:
-            # one group per (sample, channel) plane: [1, B C, H + 2p, W + 2p] * [B C, 1, H, W] -> [B, C, k, k], summed
-            b, c, h, w = x.shape
-            xp = x.new_zeros(b, c, h + 2 * p, w + 2 * p)  # NCHW whatever the layout of x
-            xp[:, :, p : p + h, p : p + w] = x
-            planes = F.conv2d(
-                xp.view(1, b * c, h + 2 * p, w + 2 * p), grad.contiguous().view(b * c, 1, h, w), stride=d, groups=b * c
-            )
-            grad_w = planes.view(b, c, *weight.shape[-2:]).sum(0).unsqueeze(1)
+            grad_w = depthwise_weight_grad(grad, x, weight.shape[-1], p, d)
         elif ctx.needs_input_grad[1]:
             # [C_in, B, H + 2p, W + 2p] * [C_out, B, H, W] -> [C_in, C_out, k, k]
             xp = F.pad(x, (p, p, p, p)).transpose(0, 1)

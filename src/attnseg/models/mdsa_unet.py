@@ -286,10 +286,9 @@ class MDSA(nn.Module):
 
 
 def _masked_routing_pays(regions: int, tokens: int, topk: int) -> bool:
-    """Whether masked dense attention is cheaper than gathered routed attention (measured on CPU, one thread,
-    benchmarks/results/mdsa_unet.md): it computes ``regions / topk`` times the scores in one large problem instead
-    of ``regions`` small ones, which pays up to 4x the scores and about 1024 tokens (the released 14x14 stage,
-    top-16 of 49 regions: 2.2x faster at batch 2, 3.7x at batch 8)."""
+    """Whether masked dense attention is cheaper than gathered routed attention (docs/models/mdsa_unet.md §8): it
+    computes ``regions / topk`` times the scores, in one large problem instead of ``regions`` small ones, which pays
+    up to 4x the scores and about 1024 tokens (the released 14x14 stage, top-16 of 49 regions)."""
     return 4 * topk >= regions and regions * tokens <= 1024
 
 
