@@ -159,6 +159,13 @@ BAD_INPUTS = [
         ("error", None, "dataset.json", "missing; a dataset folder needs dataset.json"),
     ),
     (
+        "dataset_json_is_a_folder",
+        "ct",
+        lambda ds: ((ds / "dataset.json").unlink(), (ds / "dataset.json").mkdir()),
+        2,
+        ("error", None, "dataset.json", "is a folder; dataset.json must be a file"),
+    ),
+    (
         "dataset_json_syntax",
         "ct",
         _write("dataset.json", '{\n  "channel_names": {"0": "CT"},\n  "labels": {\n}}}'),

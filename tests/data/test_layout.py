@@ -43,6 +43,13 @@ def test_layout_errors_name_the_file(ct_dataset, tmp_path):
     (root / "dataset.json").write_text("{not json")
     with pytest.raises(DatasetError, match="invalid JSON"):
         load_dataset(root)
+    (root / "dataset.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(DatasetError, match="dataset.json: cannot be read .UnicodeDecodeError"):
+        load_dataset(root)
+    (root / "dataset.json").unlink()
+    (root / "dataset.json").mkdir()
+    with pytest.raises(DatasetError, match="dataset.json: is a folder"):
+        load_dataset(root)
 
 
 def test_split_naming_unknown_case_is_an_error(ct_dataset, tmp_path):

@@ -420,6 +420,9 @@ class _Declared:
 
 def _parse_dataset_json(root: Path, add: Callable[..., None]) -> _Declared | None:
     path = root / "dataset.json"
+    if path.is_dir():
+        add("error", None, "dataset.json", "is a folder; dataset.json must be a file (nnU-Net v2 raw layout)")
+        return None
     if not path.is_file():
         add("error", None, "dataset.json", "missing; a dataset folder needs dataset.json (nnU-Net v2 raw layout)")
         return None

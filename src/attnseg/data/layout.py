@@ -183,12 +183,16 @@ def load_dataset(root: str | os.PathLike) -> DatasetInfo:
             f"{root}: is a file, not a dataset folder" if root.exists() else f"{root}: dataset folder not found"
         )
     meta_path = root / "dataset.json"
+    if meta_path.is_dir():
+        raise DatasetError(f"{meta_path}: is a folder; dataset.json must be a file (nnU-Net v2 raw layout)")
     if not meta_path.exists():
         raise DatasetError(f"{meta_path}: missing; a dataset folder needs dataset.json (nnU-Net v2 raw layout)")
     try:
-        raw = json.loads(meta_path.read_text())
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{meta_path}: invalid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{meta_path}: cannot be read ({type(exc).__name__}: {exc})") from None
     for key in ("channel_names", "labels", "file_ending"):
         if key not in raw:
             raise DatasetError(f"{meta_path}: missing key {key!r}")
