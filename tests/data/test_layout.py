@@ -58,3 +58,23 @@ def test_split_naming_unknown_case_is_an_error(ct_dataset, tmp_path):
     (root / "splits.json").write_text(json.dumps({"fold0": {"train": ["nope"], "val": []}}))
     with pytest.raises(DatasetError, match="nope"):
         load_splits(load_dataset(root))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('["c1", "c2"]', "must be an object of named splits, found a list"),
+        ('{"fold0": 3}', "split 'fold0' must be a list of case ids or an object of such lists"),
+        ('{"fold0": {"train": "train001"}}', "split 'fold0' must be a list of case ids"),
+        ('{"fold0": {"train": [1, 2]}}', "split 'fold0' must be a list of case ids"),
+    ],
+)
+def test_load_splits_refuses_a_badly_shaped_file(ct_dataset, tmp_path, content: str, message: str):
+    root = tmp_path / "ds"
+    shutil.copytree(ct_dataset, root)
+    (root / "splits.json").write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        load_splits(load_dataset(root))
+    (root / "splits.json").write_bytes(b"\xff{")
+    with pytest.raises(DatasetError, match="splits.json: cannot be read"):
+        load_splits(load_dataset(root))

@@ -394,3 +394,19 @@ def test_the_default_validation_schedule_bounds_its_cost():
     for shape, roi in (((1000, 130), (128, 128)), ((257, 129), (128, 128)), ((100, 100, 64), (64, 64, 64))):
         monai_windows = len(dense_patch_slices(shape, roi, _get_scan_interval(shape, roi, len(shape), (0.5,) * 3)))
         assert interval([shape], list(roi), dims=len(shape), per_epoch=1) == math.ceil(monai_windows / 0.6)
+
+
+def test_a_fold_without_training_cases_is_refused_before_any_write(ct_dataset, tmp_path):
+    import shutil
+
+    from attnseg.config import ConfigError
+    from attnseg.data.layout import load_dataset
+
+    root = tmp_path / "ds"
+    shutil.copytree(ct_dataset, root)
+    cases = load_dataset(root).training_cases()
+    (root / "splits.json").write_text(json.dumps({"fold0": {"val": cases[:1]}, "fold1": {"train": [], "val": cases}}))
+    for fold in ("0", "1"):
+        with pytest.raises(ConfigError, match=f"'fold{fold}' has no training cases"):
+            train(_cfg(root, tmp_path / f"run{fold}", fold=fold), progress=False)
+        assert not (tmp_path / f"run{fold}" / "config.yaml").exists()

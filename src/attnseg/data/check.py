@@ -57,7 +57,7 @@ from attnseg.data.io import (
     read_image,
     read_label,
 )
-from attnseg.data.layout import DatasetError, DatasetInfo
+from attnseg.data.layout import DatasetError, DatasetInfo, split_shape_problem
 
 __all__ = [
     "CHECKER_VERSION",
@@ -827,12 +827,11 @@ def _splits_findings(root: Path, known: set[str], add: Callable[..., None]) -> N
         add("error", None, "splits.json", f"must be an object of named splits such as {example}, found a list")
         return
     for name, split in splits.items():
-        parts = {"": split} if isinstance(split, list) else split
-        if not isinstance(parts, dict) or not all(
-            isinstance(m, list) and all(isinstance(c, str) for c in m) for m in parts.values()
-        ):
-            add("error", None, "splits.json", f"split {name!r} must be a list of case ids or an object of such lists")
+        problem = split_shape_problem(name, split)
+        if problem:
+            add("error", None, "splits.json", problem)
             continue
+        parts = {"": split} if isinstance(split, list) else split
         members = {c for m in parts.values() for c in m}
         unknown = sorted(members - known)
         if unknown:

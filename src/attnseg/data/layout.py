@@ -32,6 +32,7 @@ __all__ = [
     "DatasetInfo",
     "load_dataset",
     "load_splits",
+    "split_shape_problem",
     "write_splits",
     "write_dataset_json",
     "default_folds",
@@ -240,16 +241,34 @@ def write_splits(root: str | os.PathLike, splits: Mapping[str, Any]) -> Path:
     return write_json(Path(root) / "splits.json", splits)
 
 
+def split_shape_problem(name: str, split: Any) -> str | None:
+    """What is wrong with the shape of one named split of ``splits.json`` (a list of case ids, or an object of such
+    lists, e.g. ``{"train": [...], "val": [...]}``), or None."""
+    parts = {"": split} if isinstance(split, list) else split
+    if not isinstance(parts, dict) or not all(
+        isinstance(m, list) and all(isinstance(c, str) for c in m) for m in parts.values()
+    ):
+        return f"split {name!r} must be a list of case ids or an object of such lists"
+    return None
+
+
 def load_splits(info: DatasetInfo, *, write_if_missing: bool = True) -> dict[str, Any]:
-    """Read ``splits.json`` (validating case ids), or create the default folds."""
+    """Read ``splits.json`` (validating its shape and case ids), or create the default folds."""
     path = info.root / "splits.json"
     if path.exists():
         try:
-            splits = json.loads(path.read_text())
+            splits = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{path}: invalid JSON ({exc})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
+        if not isinstance(splits, dict):
+            raise DatasetError(f"{path}: must be an object of named splits, found a {type(splits).__name__}")
         known = set(info.cases)
         for name, split in splits.items():
+            problem = split_shape_problem(name, split)
+            if problem:
+                raise DatasetError(f"{path}: {problem}")
             members = split if isinstance(split, list) else [c for part in split.values() for c in part]
             unknown = sorted(set(members) - known)
             if unknown:

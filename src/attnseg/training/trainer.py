@@ -358,7 +358,7 @@ class Trainer:
                 f"{c.fold!r} is not in {info.root / 'splits.json'} (available: {names + ['all']})", option="fold"
             )
         else:
-            train_ids, val_ids = list(splits[fold]["train"]), list(splits[fold].get("val", []))
+            train_ids, val_ids = list(splits[fold].get("train", [])), list(splits[fold].get("val", []))
         test_ids = set(splits.get("test", [])) if isinstance(splits.get("test"), list) else set()
         if isinstance(splits.get(fold), dict) and "test" in splits[fold]:
             test_ids = set(splits[fold]["test"])  # a named split (e.g. ACDC "official") defines its own test set
