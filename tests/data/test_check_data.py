@@ -180,6 +180,13 @@ BAD_INPUTS = [
         ("error", None, "dataset.json", "missing required key 'channel_names'"),
     ),
     (
+        "absurd_label_id",
+        "ct",
+        lambda ds: _edit_json(ds / "dataset.json", lambda d: d["labels"].update({"tumour": 1e30})),
+        2,
+        ("error", None, "dataset.json", "label 'tumour': id 1000000000000000019884624838656 is above 1023"),
+    ),
+    (
         "missing_labels",
         "ct",
         lambda ds: _edit_json(ds / "dataset.json", lambda d: d.pop("labels")),

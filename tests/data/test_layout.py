@@ -40,8 +40,12 @@ def test_layout_errors_name_the_file(ct_dataset, tmp_path):
     (root / "labelsTr" / "train001.nii.gz").unlink()
     with pytest.raises(DatasetError, match="train001.nii.gz: label file missing"):
         load_dataset(root)
+    meta = json.loads((root / "dataset.json").read_text())
     (root / "dataset.json").write_text("{not json")
     with pytest.raises(DatasetError, match="invalid JSON"):
+        load_dataset(root)
+    (root / "dataset.json").write_text(json.dumps({**meta, "labels": {**meta["labels"], "x": 5000}}))
+    with pytest.raises(DatasetError, match="label 'x': id 5000 is above 1023; the model would get id"):
         load_dataset(root)
     (root / "dataset.json").write_bytes(b"\xff\xfe{")
     with pytest.raises(DatasetError, match="dataset.json: cannot be read .UnicodeDecodeError"):

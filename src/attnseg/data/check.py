@@ -57,7 +57,7 @@ from attnseg.data.io import (
     read_image,
     read_label,
 )
-from attnseg.data.layout import DatasetError, DatasetInfo, split_shape_problem
+from attnseg.data.layout import MAX_LABEL_ID, DatasetError, DatasetInfo, label_id_too_large, split_shape_problem
 
 __all__ = [
     "CHECKER_VERSION",
@@ -472,6 +472,8 @@ def _parse_dataset_json(root: Path, add: Callable[..., None]) -> _Declared | Non
                     add("error", None, "dataset.json", f"label {name!r}: id {value!r} is not an integer{hint}")
                 elif ident < 0:
                     add("error", None, "dataset.json", f"label {name!r}: id {ident} is negative")
+                elif ident > MAX_LABEL_ID:
+                    add("error", None, "dataset.json", label_id_too_large(str(name), ident))
                 else:
                     parsed[str(name)] = ident
             if parsed.get("background") != 0:

@@ -28,6 +28,8 @@ from attnseg.io import write_json
 
 __all__ = [
     "DatasetError",
+    "MAX_LABEL_ID",
+    "label_id_too_large",
     "Case",
     "DatasetInfo",
     "load_dataset",
@@ -37,6 +39,18 @@ __all__ = [
     "write_dataset_json",
     "default_folds",
 ]
+
+
+# the model gets (max label id + 1) output channels, so ids far above the label count are a mistake
+MAX_LABEL_ID = 1023
+
+
+def label_id_too_large(name: str, ident: int) -> str:
+    """The problem with a label id above :data:`MAX_LABEL_ID` (shared by the loader and check-data)."""
+    return (
+        f"label {name!r}: id {ident} is above {MAX_LABEL_ID}; the model would get id + 1 output channels "
+        "(number the labels 0, 1, 2, ...)"
+    )
 
 
 class DatasetError(AttnsegError, ValueError):
@@ -206,6 +220,9 @@ def load_dataset(root: str | os.PathLike) -> DatasetInfo:
         raise DatasetError(f"{meta_path}: channel_names keys must be 0..N-1, got {sorted(channel_names)}")
     if labels.get("background") != 0:
         raise DatasetError(f'{meta_path}: labels must contain "background": 0')
+    too_large = sorted(n for n, v in labels.items() if v > MAX_LABEL_ID)
+    if too_large:
+        raise DatasetError(f"{meta_path}: {label_id_too_large(too_large[0], labels[too_large[0]])}")
     if len(set(labels.values())) != len(labels):
         raise DatasetError(f"{meta_path}: two label names share one value")
     file_ending = str(raw["file_ending"])
