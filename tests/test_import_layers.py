@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "attnseg"
 LEVELS = {
     # base: the standard library and yaml only
     "errors": 0,
+    "kinds": 0,
     "io": 0,
     "config": 0,
     # foundation: formats, models and pure functions

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from attnseg.errors import AttnsegError
+from attnseg.kinds import fits, without_none
 
 __all__ = ["TrainConfig", "ConfigError", "load_recipe", "merge_config", "config_to_dict", "resolve_device", "LOSSES"]
 
@@ -164,15 +166,7 @@ def _check_keys(cls: type, values: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; allowed: {', '.join(sorted(names))}")
 
 
-_OPTIONAL_KINDS = {  # fields whose default is None: the kind of value they take otherwise
-    "iterations": 0,
-    "epochs": 0,
-    "iterations_per_epoch": 0,
-    "num_workers": 0,
-    "slab_size": 0,
-    "target_spacing": [0.0],
-    "ct_clip_hu": (0.0, 0.0),
-}
+_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
 
 
 def _is_number(v: Any) -> bool:
@@ -180,25 +174,24 @@ def _is_number(v: Any) -> bool:
 
 
 def _check_types(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> None:
-    """Each value of the kind of its field's default (a recipe's ``iterations: abc`` is a user error, not a crash)."""
+    """Each value of the kind its field is annotated with (a recipe's ``iterations: abc`` is a user error, not a
+    crash); ``None`` is left to ``validate``, and so are the values of ``Literal`` fields (only their kind, text, is
+    checked here)."""
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         value = values.get(f.name)
         if value is None or f.name in ("fold", "augment"):  # fold: names and numbers; augment: checked on its own
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        kind = _OPTIONAL_KINDS.get(f.name, default)
-        if isinstance(kind, bool):
-            ok, what = isinstance(value, bool), "true or false"
-        elif isinstance(kind, int):
-            ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
-        elif isinstance(kind, float):
-            ok, what = _is_number(value), "a number"
-        elif isinstance(kind, str):
-            ok, what = isinstance(value, str), "text"
-        elif isinstance(kind, (list, tuple)):
+        hint = without_none(hints[f.name])
+        origin = typing.get_origin(hint)
+        if origin is Literal:
+            hint = str
+        if origin in (list, tuple):
             ok, what = isinstance(value, (list, tuple)) and all(map(_is_number, value)), "a list of numbers"
-        elif isinstance(kind, dict):
+        elif dict in (hint, origin):
             ok, what = isinstance(value, dict), "a mapping"
+        elif hint in _WORDS:
+            ok, what = fits(value, hint), _WORDS[hint]
         else:
             continue
         if not ok:

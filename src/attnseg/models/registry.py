@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any
 from torch import nn
 
 from attnseg.errors import AttnsegError
+from attnseg.kinds import describe, fits
 from attnseg.models.contract import (
     DeclaresUnusedParameters,
     FeatureInterfaceModel,
@@ -267,9 +267,9 @@ def _check_options(name: str, kwargs: dict[str, Any]) -> None:
     hints = _option_hints(name)
     for key, value in kwargs.items():
         hint = hints.get(key)
-        if hint is not None and not _fits(value, hint):
+        if hint is not None and not fits(value, hint):
             raise ModelOptionValueError(
-                f"model {name!r} option {key!r} takes {_describe(hint)}, got {value!r} ({type(value).__name__})"
+                f"model {name!r} option {key!r} takes {describe(hint)}, got {value!r} ({type(value).__name__})"
             )
 
 
@@ -283,36 +283,6 @@ def _option_hints(name: str) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - an annotation that does not evaluate: its options are not checked
             continue
     return hints
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """``value`` is of the scalar kind ``hint`` names (int, float, bool, str, None, Literal, and unions of them);
-    containers and other types are left to the model. JSON's ``4.5`` or ``"x"`` for an ``int`` width is refused."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, arg) for arg in typing.get_args(hint))
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    return True  # containers, tensors, callables, Any: the model checks them
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    if origin is typing.Literal:
-        return " or ".join(repr(a) for a in typing.get_args(hint))
-    return getattr(hint, "__name__", str(hint))
 
 
 def sized_kwargs(name: str, input_size: Sequence[int], kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
