@@ -356,12 +356,22 @@ def _values_and_grads(model: MALUNet, x: torch.Tensor) -> tuple[torch.Tensor, to
     return out.detach(), x.grad, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_fast_path_matches_reference_values_and_gradients() -> None:
+@pytest.mark.parametrize("chunk_bytes", [None, 1 << 20], ids=["whole_batch", "batch_chunks"])
+def test_fast_path_matches_reference_values_and_gradients(chunk_bytes: int | None, monkeypatch) -> None:
+    from attnseg.models.malunet import ConvStage
+
     torch.manual_seed(0)
     model = create_model("malunet", in_channels=3, num_classes=2)
     assert model.impl == "fast"
     x = torch.randn(4, 3, 64, 96)  # batch >= 4: the fast backward kernels are used from there on
+    calls: list[int] = []
+    model.encoder[0].conv.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    if chunk_bytes is not None:  # the 3 -> 8 conv's 16-channel blocked output is 768 KiB per float64 sample
+        monkeypatch.setattr(ConvStage, "chunk_bytes", chunk_bytes)
+        # float64: a rounding change of a float32 chunk would flip near-tied max-pool windows and move gradients
+        model, x = model.double(), x.double()
     out_f, gx_f, g_f = _values_and_grads(model, x)
+    assert calls == ([4] if chunk_bytes is None else [1, 1, 1, 1])
     out_r, gx_r, g_r = _values_and_grads(model.set_impl("reference"), x)
     assert torch.equal(out_f, out_r)  # the fast path changes only backward kernels (and no-grad pooling)
     scale = max(g.abs().max() for g in g_r.values())  # IEA proj_in biases have an exactly-zero true gradient

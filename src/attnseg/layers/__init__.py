@@ -2,13 +2,15 @@
 
 One concept per module: ``conv_norm_act`` (conv -> BatchNorm -> ReLU, timm's and an ``nn.Sequential`` layout),
 ``channel_pool`` (CBAM-style channel mean / max), ``pair`` (``(h, w)`` from an int or a pair),
-``same_conv`` (a same-padded conv with a faster CPU backward), ``input_size``
-(sides must be multiples of N, with the padded size in the error) and ``weight_init`` (fan-out He-normal convs).
+``same_conv`` (a same-padded conv with a faster CPU backward), ``batch_chunks`` (a CPU conv run in batch chunks that
+keep oneDNN's buffers out of fresh mmaps), ``input_size`` (sides must be multiples of N, with the padded size in the
+error) and ``weight_init`` (fan-out He-normal convs).
 This package depends on torch, timm, MONAI and einops only, never on the rest of attnseg.
 """
 
 from __future__ import annotations
 
+from attnseg.layers.batch_chunks import CHUNK_MAX_BYTES, batch_chunk_size, conv2d_batch_chunks
 from attnseg.layers.channel_pool import CHANNEL_STATISTICS, channel_pool
 from attnseg.layers.conv_norm_act import ConvBNAct, ConvNormAct, conv_bn_act
 from attnseg.layers.input_size import check_divisible, padded_size
@@ -23,6 +25,9 @@ from attnseg.layers.same_conv import (
 from attnseg.layers.weight_init import init_conv_fan_out_
 
 __all__ = [
+    "CHUNK_MAX_BYTES",
+    "batch_chunk_size",
+    "conv2d_batch_chunks",
     "CHANNEL_STATISTICS",
     "channel_pool",
     "ConvBNAct",

@@ -29,14 +29,16 @@ Deviations from the official code (none changes the function computed with given
   unties them (the authors trained on GPU, i.e. independent memories). Ours are always two parameters, initialised
   as in the untied official model: M_k ~ N(0, 2/C), M_v = a copy of M_k^T. The loader accepts both tied and untied
   checkpoints (a tied one simply has M_v = M_k^T), and one that stores only one of the two (see ``from_official``).
-- **Fast CPU autograd path** (``impl="fast"``, the default; ``impl="reference"`` or :meth:`MALUNet.set_impl`
-  restores the official op sequence). Same forward values (bitwise); gradients equal up to float rounding
-  (docs/models/malunet.md, "Fast CPU path"): the 2x2 max-pools run PyTorch's channels-last kernel with an index
-  scatter backward (same indices, so identical gradients), or, without autograd, a max of the four strided window
-  views; from batch 4 on, the backward of the SAB conv and of the depthwise convs (DGA, gated attention) runs as
-  forward convs plus a weight-only backward (``attnseg.layers.same_conv2d``), and the bilinear x2 upsampling's
-  backward as two matmuls with its interpolation matrices (at batch 1 PyTorch's own kernels are faster). GPU
-  tensors, TorchScript / ONNX tracing and ``torch.compile`` use the reference ops.
+- **Fast CPU autograd path** (``impl="fast"``, the default; ``impl="reference"`` or :meth:`MALUNet.set_impl` restores
+  the official op sequence). Same forward values (bitwise, except where a batch-chunked conv runs chunks of one sample:
+  float rounding); gradients equal up to float rounding (docs/models/malunet.md, "Fast CPU path"): the plain 3x3 conv
+  stages run the batch in chunks when oneDNN's blocked buffers would exceed 16 MiB
+  (``attnseg.layers.conv2d_batch_chunks``; the first conv at 256x256 from batch 8 on); the 2x2 max-pools run PyTorch's
+  channels-last kernel with an index scatter backward (same indices, so identical gradients), or, without autograd, a
+  max of the four strided window views; from batch 4 on, the backward of the SAB conv and of the depthwise convs (DGA,
+  gated attention) runs as forward convs plus a weight-only backward (``attnseg.layers.same_conv2d``), and the bilinear
+  x2 upsampling's backward as two matmuls with its interpolation matrices (at batch 1 PyTorch's own kernels are faster).
+  GPU tensors, TorchScript / ONNX tracing and ``torch.compile`` use the reference ops.
 - Kept for fidelity (flagged as probably unintended in docs/models/malunet.md, B7): the bridge returns
   ``c * (x + s * x) + s * x``, adding the SAB product, not the raw skip, as the last residual.
 
@@ -59,7 +61,15 @@ from timm.layers import trunc_normal_
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from attnseg.layers import channel_pool, check_divisible, init_conv_fan_out_, same_conv2d, uses_fast_backward
+from attnseg.layers import (
+    CHUNK_MAX_BYTES,
+    channel_pool,
+    check_divisible,
+    conv2d_batch_chunks,
+    init_conv_fan_out_,
+    same_conv2d,
+    uses_fast_backward,
+)
 from attnseg.models.official import load_mapped, register_official
 from attnseg.models.registry import register_model
 
@@ -75,6 +85,7 @@ __all__ = [
     "SpatialAttentionBridge",
     "ChannelAttentionBridge",
     "SCAttentionBridge",
+    "ConvStage",
     "MALUNet",
     "malunet",
 ]
@@ -291,6 +302,30 @@ class SCAttentionBridge(nn.Module):
         return [c * b + a for c, b, a in zip(gates, mixed, spatial)]
 
 
+class ConvStage(nn.Module):
+    """A plain 3x3 conv stage of MALUNet (encoder stages 1-3, decoder stages 4-5); its norm, pooling and GELU live in
+    :class:`MALUNet`.
+
+    On the fast path the batch runs in chunks when oneDNN's blocked buffers would exceed ``chunk_bytes``
+    (``attnseg.layers.conv2d_batch_chunks``; at 256x256 the 3 -> 8 conv from batch 8 on), same values up to float
+    rounding.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+    """
+
+    chunk_bytes = CHUNK_MAX_BYTES
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.impl: Impl = "fast"  # set by MALUNet.set_impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv2d_batch_chunks(self.conv, x, self.chunk_bytes) if self.impl == "fast" else self.conv(x)
+
+
 class MALUNet(nn.Module):
     """MALUNet (Ruan et al., BIBM 2022), returning logits.
 
@@ -345,9 +380,9 @@ class MALUNet(nn.Module):
 
         self.encoder = nn.ModuleList(
             [
-                _conv_stage(in_channels, c[0]),
-                _conv_stage(c[0], c[1]),
-                _conv_stage(c[1], c[2]),
+                ConvStage(in_channels, c[0]),
+                ConvStage(c[0], c[1]),
+                ConvStage(c[1], c[2]),
                 _attention_stage(c[2], c[3], encoder=True),
                 _attention_stage(c[3], c[4], encoder=True),
                 _attention_stage(c[4], c[5], encoder=True),
@@ -360,8 +395,8 @@ class MALUNet(nn.Module):
                 _attention_stage(c[5], c[4], encoder=False),
                 _attention_stage(c[4], c[3], encoder=False),
                 _attention_stage(c[3], c[2], encoder=False),
-                _conv_stage(c[2], c[1]),
-                _conv_stage(c[1], c[0]),
+                ConvStage(c[2], c[1]),
+                ConvStage(c[1], c[0]),
             ]
         )
         self.decoder_norms = nn.ModuleList(_gn(v) for v in reversed(c[:5]))
@@ -379,7 +414,7 @@ class MALUNet(nn.Module):
         if impl not in _IMPLS:
             raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
         for m in self.modules():
-            if isinstance(m, (SAB, DGA, DepthwiseSeparableConv)):
+            if isinstance(m, (SAB, DGA, DepthwiseSeparableConv, ConvStage)):
                 m.impl = impl
         self._impl: Impl = impl
         return self
@@ -518,10 +553,6 @@ def _up2(x: torch.Tensor, fast: bool = True) -> torch.Tensor:
     if fast and uses_fast_backward(x):
         return _Up2.apply(x)
     return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
-
-
-def _conv_stage(in_channels: int, out_channels: int) -> nn.Sequential:
-    return _named(conv=nn.Conv2d(in_channels, out_channels, 3, padding=1))
 
 
 def _attention_stage(in_channels: int, out_channels: int, *, encoder: bool) -> nn.Sequential:
