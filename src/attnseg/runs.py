@@ -29,10 +29,11 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from attnseg.errors import AttnsegError
 from attnseg.io import atomic_paths, atomic_write, write_json, write_text
+from attnseg.kinds import describe, fits
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,6 +54,17 @@ CONFIG, PLAN, MODEL, SPLIT, LOG, SUMMARY = (
 TENSORBOARD, CHECKPOINT_DIR, VALIDATION = "tensorboard", "checkpoints", "validation"
 PENDING = ".pending"  # validation/.pending/: the latest validation's label maps, until it proves best or not
 RESERVED_FILES = (CONFIG, PLAN, MODEL, SPLIT, LOG, SUMMARY)
+# model.json: the kind of each field the trainer writes (the registry then checks the model's own options)
+_MODEL_FIELDS: dict[str, Any] = {
+    "name": str,
+    "in_channels": int,
+    "num_classes": int,
+    "kwargs": Mapping[str, Any],
+    "slab_size": int,
+    "spatial_dims": Literal[2, 3],
+    "dataset": str,
+    "label_names": Mapping[str, str],
+}
 RESERVED_DIRS = (TENSORBOARD, CHECKPOINT_DIR, VALIDATION)
 CHECKPOINTS = ("best", "last")
 
@@ -257,6 +269,9 @@ class RunDir:
             raise RunError(
                 f"{self.path / MODEL}: missing {', '.join(missing)}; it does not describe a model (was it overwritten?)"
             )
+        for key, hint in _MODEL_FIELDS.items():
+            if key in doc and not fits(doc[key], hint):
+                raise RunError(f"{self.path / MODEL}: {key!r} must be {describe(hint)}, got {doc[key]!r}")
         return doc
 
     def read_plan(self) -> Plan:

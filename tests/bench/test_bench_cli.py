@@ -40,6 +40,10 @@ def runner() -> CliRunner:
         (["--model", "unet", "--kwargs", "[4]"], "--kwargs must be a JSON object"),
         (["--model", "unet", "--kwargs", '{"widht": 4}'], "has no option 'widht' (did you mean 'width'?)"),
         (["--model", "unet", "--kwargs", '{"width": 4.5}'], "option 'width' takes int, got 4.5 (float)"),
+        (
+            ["--model", "malunet", "--kwargs", '{"c_list": [8, 16, "24", 32, 48, 64]}'],
+            "option 'c_list' takes a list of int, got [8, 16, '24', 32, 48, 64] (list)",
+        ),
         (["--model", "unet", "--device", "gpu"], "'gpu' is not a valid torch device"),
         (["--model", "unet", "--device", "mps"], "no mps device"),  # no MPS on Linux: one line, not a traceback
         (["--model", "unet", "--input-size", "64x"], "expects 2 or 3"),

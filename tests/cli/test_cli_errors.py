@@ -356,7 +356,16 @@ def test_a_damaged_run_is_named_by_its_file(ct_dataset, tiny_ct_run, tmp_path):
     _assert_clean_error(result, "checkpoint 'best' not found", "no checkpoint yet", out=tmp_path / "p")
     shutil.copytree(tiny_ct_run / "checkpoints", run / "checkpoints")
     model_json = json.loads((run / "model.json").read_text())
-    for edit, problem in [({"name": "nosuch"}, "unknown model 'nosuch'"), ({"kwargs": {"width": "x"}}, "takes int")]:
+    edits = [
+        ({"name": "nosuch"}, "unknown model 'nosuch'"),
+        ({"kwargs": {"width": "x"}}, "takes int"),
+        ({"in_channels": "1"}, "'in_channels' must be int, got '1'"),
+        ({"kwargs": [16]}, "'kwargs' must be a mapping, got [16]"),
+        ({"slab_size": [3]}, "'slab_size' must be int"),
+        ({"spatial_dims": 4}, "'spatial_dims' must be 2 or 3, got 4"),
+        ({"label_names": {"1": ["liver"]}}, "'label_names' must be a mapping"),
+    ]
+    for edit, problem in edits:
         (run / "model.json").write_text(json.dumps({**model_json, **edit}))
         result = _invoke("export", "--run", run, "--output", tmp_path / "m.onnx")
         _assert_clean_error(result, "model.json: ", problem, out=tmp_path / "m.onnx")

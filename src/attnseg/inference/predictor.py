@@ -145,7 +145,7 @@ class Predictor:
         run.require_checkpoint(checkpoint)
         try:
             model = create_model(build["name"], build["in_channels"], build["num_classes"], **build.get("kwargs", {}))
-        except (AttnsegError, KeyError, TypeError, ValueError) as exc:  # an edited or foreign model.json
+        except (AttnsegError, ValueError) as exc:  # an edited or foreign model.json (its kinds: RunDir.read_model)
             raise RunError(f"{run.path / 'model.json'}: {exc}") from None
         run.load_weights(model, checkpoint)
         device = torch.device(device)
