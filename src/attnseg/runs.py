@@ -54,6 +54,8 @@ CONFIG, PLAN, MODEL, SPLIT, LOG, SUMMARY = (
 TENSORBOARD, CHECKPOINT_DIR, VALIDATION = "tensorboard", "checkpoints", "validation"
 PENDING = ".pending"  # validation/.pending/: the latest validation's label maps, until it proves best or not
 RESERVED_FILES = (CONFIG, PLAN, MODEL, SPLIT, LOG, SUMMARY)
+RESERVED_DIRS = (TENSORBOARD, CHECKPOINT_DIR, VALIDATION)
+CHECKPOINTS = ("best", "last")
 # model.json: the kind of each field the trainer writes (the registry then checks the model's own options)
 _MODEL_FIELDS: dict[str, Any] = {
     "name": str,
@@ -65,8 +67,6 @@ _MODEL_FIELDS: dict[str, Any] = {
     "dataset": str,
     "label_names": Mapping[str, str],
 }
-RESERVED_DIRS = (TENSORBOARD, CHECKPOINT_DIR, VALIDATION)
-CHECKPOINTS = ("best", "last")
 
 
 class RunError(AttnsegError, ValueError):
