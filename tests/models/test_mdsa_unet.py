@@ -11,6 +11,7 @@ from official_fixtures import load_case
 
 from attnseg.models import create_model, from_official, list_models
 from attnseg.models.mdsa_unet import (
+    EUF,
     MDSAUNet,
     MultiScaleDynamicSparseAttention,
     _masked_routing_pays,
@@ -215,6 +216,29 @@ def test_model_paths_agree_outputs_and_gradients(batch: int, size: tuple[int, in
     scale = max(g.abs().max().item() for g in grads["reference"].values())
     for name, g in grads["reference"].items():
         torch.testing.assert_close(grads["fast"][name], g, rtol=1e-8, atol=1e-10 * scale, msg=name)
+
+
+@pytest.mark.parametrize(("deep", "skip"), [((7, 5), (13, 9)), ((6, 6), (12, 12)), ((8, 8), (8, 8))])
+def test_euf_fast_form_equals_the_concatenation(deep: tuple[int, int], skip: tuple[int, int]) -> None:
+    # the fast form resizes after the deeper map's 1x1 conv and splits the convs over [up, skip]: equal in exact
+    # arithmetic at any resize factor (bilinear weights sum to 1), so float64 must agree to round-off, gradients too
+    torch.manual_seed(0)
+    euf = EUF(12, 8, 16).double().train()
+    for p in euf.parameters():
+        p.data.normal_()  # non-trivial biases and BN affines
+    inputs = [torch.randn(2, 12, *deep, dtype=torch.float64), torch.randn(2, 8, *skip, dtype=torch.float64)]
+    outs, grads = [], []
+    for fast in (False, True):
+        xs = [t.clone().requires_grad_() for t in inputs]
+        y = euf(*xs, fast=fast)
+        weights = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        g = torch.autograd.grad((y * weights).sum(), xs + list(euf.parameters()))
+        outs.append(y.detach())
+        grads.append(g)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    scale = max(g.abs().max().item() for g in grads[0])
+    for (name, _), g_fast, g_ref in zip([("x", 0), ("skip", 0), *euf.named_parameters()], grads[1], grads[0]):
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-10, atol=1e-12 * scale, msg=name)
 
 
 def test_model_paths_agree_float32_eval() -> None:

@@ -426,12 +426,32 @@ class EUF(nn.Module):
             *conv_bn_act(aux, out_channels, 1, bias=True),
         )
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """Fuse deeper ``[B, C_in, h, w]`` with ``skip`` ``[B, C_skip, H, W]`` into ``[B, C_out, H, W]``."""
-        if x.shape[-2:] != skip.shape[-2:]:
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        y = torch.cat([x, skip], dim=1)  # concatenated once (the code does it per branch)
-        return self.main(y) + self.aux(y)
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """Fuse deeper ``[B, C_in, h, w]`` with ``skip`` ``[B, C_skip, H, W]`` into ``[B, C_out, H, W]``.
+
+        ``fast``: the main branch's 1x1 conv on the deeper map before the upsampling, and the convs on ``[up, skip]``
+        as two convs summed instead of one on the concatenation (same values, fewer FLOPs and copies; see
+        docs/models/mdsa_unet.md §3).
+        """
+        size = skip.shape[-2:]
+        if not fast:
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            y = torch.cat([x, skip], dim=1)  # concatenated once (the code does it per branch)
+            return self.main(y) + self.aux(y)
+        c = x.shape[1]
+        conv, bn, act = self.main
+        main = conv._conv_forward(x, conv.weight[:, :c], None)  # a 1x1 conv commutes with bilinear resizing: run it before
+        if x.shape[-2:] != size:
+            main = F.interpolate(main, size=size, mode="bilinear", align_corners=False)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        main = act(bn(conv._conv_forward(skip, conv.weight[:, c:], conv.bias).add_(main)))
+        aux_conv, *aux_rest = self.aux
+        aux = aux_conv._conv_forward(x, aux_conv.weight[:, :c], None)  # conv(cat[x, skip]) = conv(x) + conv(skip)
+        aux = aux.add_(aux_conv._conv_forward(skip, aux_conv.weight[:, c:], aux_conv.bias))
+        for layer in aux_rest:
+            aux = layer(aux)
+        return main + aux
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -688,7 +708,7 @@ class MDSAUNet(nn.Module):
         """Decoder output at the first stage's stride (``[B, dims[1], H/4, W/4]``) from the encoder outputs."""
         x = feats[-1]
         for i, (fuse, stage) in enumerate(zip(self.fusions, self.decoder_stages)):
-            x = stage(fuse(x, feats[-2 - i]), grid)
+            x = stage(fuse(x, feats[-2 - i], fast=self._attn_impl == "fast"), grid)
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
