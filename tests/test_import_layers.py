@@ -20,6 +20,7 @@ LEVELS = {
     "kinds": 0,
     "io": 0,
     "config": 0,
+    "allocator": 0,
     # foundation: formats, models and pure functions
     "layers": 1,
     "models": 1,

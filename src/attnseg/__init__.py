@@ -1,7 +1,8 @@
 """attnseg: attention-based medical image segmentation.
 
 Public API: :func:`create_model`, :func:`list_models`, :func:`from_official`, :func:`load_run` (prediction on
-arrays and files; README "Python API"). Heavy libraries load lazily, so ``import attnseg`` (and ``attnseg --help``)
+arrays and files; README "Python API"), :func:`tune_allocator` (glibc malloc settings for training
+processes). Heavy libraries load lazily, so ``import attnseg`` (and ``attnseg --help``)
 stays fast.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "from_official", "load_run", "__version__"]
+__all__ = ["create_model", "list_models", "from_official", "load_run", "tune_allocator", "__version__"]
 
 
 def create_model(name: str, in_channels: int = 3, num_classes: int = 2, **kwargs: Any):
@@ -46,3 +47,11 @@ def load_run(run_dir, checkpoint: str = "best", device: Any = "auto"):
     from attnseg.inference.predictor import load_run as _load_run
 
     return _load_run(run_dir, checkpoint=checkpoint, device=device)
+
+
+def tune_allocator() -> bool:
+    """Keep freed tensor memory in this process's heap for the next step (glibc only; what every ``attnseg`` command
+    does at start). Returns whether it applied; see :func:`attnseg.allocator.tune_allocator`."""
+    from attnseg.allocator import tune_allocator as _tune
+
+    return _tune()

@@ -133,8 +133,15 @@ _register()
 def main() -> int:
     """Console-script entry point. A command line click cannot parse (an unknown option, a missing value, a value
     out of range) is a user error like any other: one line naming it, exit 2, instead of click's framed box."""
+    from attnseg.allocator import tune_allocator
     from attnseg.cli.args import join_multi_value_options
+    from attnseg.errors import AttnsegError
 
+    try:
+        tune_allocator()  # keep freed activations in the heap between steps (see attnseg.allocator)
+    except AttnsegError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
     try:
         result = app(args=join_multi_value_options(sys.argv[1:]), prog_name="attnseg", standalone_mode=False)
     except typer.Abort:  # Ctrl-C at a prompt

@@ -441,7 +441,8 @@ class EUF(nn.Module):
             return self.main(y) + self.aux(y)
         c = x.shape[1]
         conv, bn, act = self.main
-        main = conv._conv_forward(x, conv.weight[:, :c], None)  # a 1x1 conv commutes with bilinear resizing: run it before
+        # a 1x1 conv commutes with bilinear resizing: run the deeper map's share before the upsampling
+        main = conv._conv_forward(x, conv.weight[:, :c], None)
         if x.shape[-2:] != size:
             main = F.interpolate(main, size=size, mode="bilinear", align_corners=False)
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
