@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from attnseg.bench.report import environment_info, save_results
+from attnseg.bench.report import results_header, save_results
 from attnseg.bench.speed import ProcessTimer, make_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,20 +122,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = [m for m in models if m not in INPUTS]
     if unknown:
         parser.error(f"--models: unknown {', '.join(unknown)} (choose from {', '.join(INPUTS)})")
-    import datetime
-
-    doc: dict[str, Any] = {
-        "benchmark": "training step, glibc malloc defaults vs attnseg.allocator.tune_allocator, fp32 CPU",
-        "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "threads": args.threads,
-        "rounds": args.rounds,
-        "runs": args.runs,
-        "warmup": args.warmup,
-        "load_average_start": [round(v, 2) for v in os.getloadavg()],
-        "environment": environment_info(),
-        "method": __doc__,
-        "models": [],
-    }
+    doc = results_header(
+        "training step, glibc malloc defaults vs attnseg.allocator.tune_allocator, fp32 CPU",
+        __doc__,
+        threads=args.threads,
+        rounds=args.rounds,
+        runs=args.runs,
+        warmup=args.warmup,
+    )
+    doc["models"] = []
     for model in models:
         row = time_model(model, args.rounds, args.runs, args.warmup, args.threads)
         doc["models"].append(row)

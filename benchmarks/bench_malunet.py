@@ -61,7 +61,7 @@ from typing import Any
 
 import torch
 
-from attnseg.bench.report import environment_info, save_results
+from attnseg.bench.report import results_header, save_results
 from attnseg.bench.speed import ProcessTimer, make_step
 from attnseg.models import from_official
 from attnseg.models.malunet import _rename_official  # the official-weights loader's key map
@@ -322,17 +322,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     official_cls = import_official(args.official)
     torch.set_num_threads(args.threads)
-    doc: dict[str, Any] = {
-        "benchmark": "malunet vs official MALUNet, CPU latency, 256x256",
-        "official": {"repo": "JCruan519/MALUNet", "commit": "e184b47", "folder": str(args.official)},
-        "threads": args.threads,
-        "rounds": args.rounds,
-        "runs": args.runs,
-        "warmup": args.warmup,
-        "load_average_start": [round(v, 2) for v in os.getloadavg()],
-        "environment": environment_info(),
-        "method": __doc__,
-    }
+    doc = results_header(
+        "malunet vs official MALUNet, CPU latency, 256x256",
+        __doc__,
+        official={"repo": "JCruan519/MALUNet", "commit": "e184b47", "folder": str(args.official)},
+        threads=args.threads,
+        rounds=args.rounds,
+        runs=args.runs,
+        warmup=args.warmup,
+    )
     doc["equality"] = check_equal(official_cls)
     print(json.dumps(doc["equality"]), flush=True)
     doc["timing"] = []

@@ -23,6 +23,7 @@ __all__ = [
     "run_benchmark",
     "render_table",
     "format_count",
+    "results_header",
     "save_results",
 ]
 
@@ -283,6 +284,19 @@ def render_table(record: dict[str, Any]) -> Any:
         f"{record['environment']['host']['cpu']}"
     )
     return table
+
+
+def results_header(benchmark: str, method: str | None, **settings: Any) -> dict[str, Any]:
+    """The opening fields of a benchmark script's record: what ran, when, its settings, the load before it, the
+    machine (:func:`environment_info`) and the method text; the script adds its figures and ``load_average_end``."""
+    return {
+        "benchmark": benchmark,
+        "generated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **settings,
+        "load_average_start": [round(v, 2) for v in os.getloadavg()],
+        "environment": environment_info(),
+        "method": method,
+    }
 
 
 def save_results(folder: str | os.PathLike, stem: str, doc: dict[str, Any], markdown: str) -> None:
