@@ -22,6 +22,7 @@ from attnseg.layers import (
     conv_bn_act,
     init_conv_fan_out_,
     padded_size,
+    polyphase_depthwise_conv2d,
     same_conv2d,
     to_pair,
     uses_fast_backward,
@@ -264,6 +265,37 @@ def test_same_conv2d_depthwise_weight_gradient_at_any_batch(make, batch: int, ch
             assert "SameConv2d" in type(y.grad_fn).__name__
         y.backward(g)
         grads.append([xx.grad] + [p.grad for p in conv.parameters()])
+    for fast, ref in zip(*grads):
+        torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "size", "channels_last"),
+    [(7, 3, (28, 28), False), (7, 3, (13, 17), True), (5, 2, (9, 12), False), (3, 4, (10, 7), True)],
+)
+def test_polyphase_depthwise_conv_equals_the_dilated_conv(kernel, dilation, size, channels_last, monkeypatch) -> None:
+    # forward and every gradient of the pixel-phase form against PyTorch's dilated conv, float64, at map sides that
+    # are and are not multiples of the dilation (the phases then need zero rows and columns past the edge)
+    import attnseg.layers.same_conv as same_conv_module
+
+    monkeypatch.setattr(same_conv_module, "ANY_BATCH_MIN_ELEMENTS", 0)
+    torch.manual_seed(2)
+    pad = dilation * (kernel - 1) // 2
+    conv = nn.Conv2d(6, 6, kernel, padding=pad, dilation=dilation, groups=6).double()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 6, *size, dtype=torch.float64).contiguous(memory_format=fmt)
+    g = torch.randn(2, 6, *size, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            polyphase_depthwise_conv2d(x, conv.weight, conv.bias, dilation), conv(x), rtol=1e-12, atol=1e-12
+        )
+    grads = []
+    for fn in (lambda t, c: same_conv2d(t, c, polyphase=True), lambda t, c: c(t)):
+        conv.zero_grad(set_to_none=True)
+        xx = x.clone(memory_format=torch.preserve_format).requires_grad_(True)
+        y = fn(xx, conv)
+        y.backward(g)
+        grads.append([y.detach(), xx.grad] + [p.grad for p in conv.parameters()])
     for fast, ref in zip(*grads):
         torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)
 

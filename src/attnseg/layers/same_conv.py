@@ -33,6 +33,7 @@ __all__ = [
     "FAST_BACKWARD_MIN_BATCH",
     "depthwise_weight_grad",
     "fast_backward_applies",
+    "polyphase_depthwise_conv2d",
     "same_conv2d",
     "uses_fast_backward",
 ]
@@ -66,6 +67,24 @@ def depthwise_weight_grad(
     return planes.view(b, c, kernel, kernel).sum(0).unsqueeze(1)
 
 
+def polyphase_depthwise_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int
+) -> torch.Tensor:
+    """A stride-1, same-padded depthwise conv with dilation ``d`` computed as the undilated conv of its ``d x d`` pixel
+    phases, stacked along the batch: ``out[..., r::d, s::d] = conv(x[..., r::d, s::d])`` with padding ``(k - 1) / 2``.
+    The same products and sums; CPU kernels for dilated depthwise filters are several times slower than for plain
+    ones (LKA's 7x7 with dilation 3 in MSA²Net, Kolahi et al., BMVC 2024). ``x``: ``[B, C, H, W]``; returns NCHW."""
+    b, c, h, w = x.shape
+    d, k = dilation, weight.shape[-1]
+    hq, wq = -(-h // d), -(-w // d)
+    if hq * d != h or wq * d != w:  # zeros past the bottom / right edge: what the conv's own padding reads there
+        x = F.pad(x, (0, wq * d - w, 0, hq * d - h))
+    phases = x.reshape(b, c, hq, d, wq, d).permute(3, 5, 0, 1, 2, 4).reshape(d * d * b, c, hq, wq)
+    y = F.conv2d(phases, weight, bias, padding=(k - 1) // 2, groups=c)
+    y = y.view(d, d, b, c, hq, wq).permute(2, 3, 4, 0, 5, 1).reshape(b, c, hq * d, wq * d)
+    return y[:, :, :h, :w]
+
+
 class _SameConv2d(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -76,9 +95,13 @@ class _SameConv2d(torch.autograd.Function):
         padding: int,
         dilation: int,
         groups: int,
+        polyphase: bool,
     ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.dilation, ctx.groups, ctx.has_bias = padding, dilation, groups, bias is not None
+        ctx.polyphase = polyphase
+        if polyphase:
+            return polyphase_depthwise_conv2d(x, weight, bias, dilation)
         return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=groups)
 
     @staticmethod
@@ -90,7 +113,10 @@ class _SameConv2d(torch.autograd.Function):
         depthwise = groups > 1
         if ctx.needs_input_grad[0]:
             flipped = weight.flip(-1, -2) if depthwise else weight.flip(-1, -2).transpose(0, 1)
-            grad_x = F.conv2d(grad, flipped, padding=p, dilation=d, groups=groups)
+            if ctx.polyphase:
+                grad_x = polyphase_depthwise_conv2d(grad, flipped, None, d)
+            else:
+                grad_x = F.conv2d(grad, flipped, padding=p, dilation=d, groups=groups)
         if ctx.needs_input_grad[1] and depthwise and not _slow_depthwise_weight_grad(weight.shape[-1], d):
             grad_w = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [1, 1], [p, p], [d, d], False, [0, 0], groups, [False, True, False]
@@ -103,7 +129,7 @@ class _SameConv2d(torch.autograd.Function):
             grad_w = F.conv2d(xp, grad.transpose(0, 1), stride=d).transpose(0, 1)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum(dim=(0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def _slow_depthwise_weight_grad(kernel: int, dilation: int) -> bool:
@@ -129,8 +155,14 @@ def fast_backward_applies(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     return not torch.is_autocast_enabled(x.device.type)  # autocast: the module's own op and dtype rules
 
 
-def same_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(x)``, with the backward of the module docstring where :func:`fast_backward_applies`."""
+def same_conv2d(x: torch.Tensor, conv: nn.Conv2d, polyphase: bool = False) -> torch.Tensor:
+    """``conv(x)``, with the backward of the module docstring where :func:`fast_backward_applies`.
+
+    ``polyphase``: for a dilated depthwise conv, run the forward and the input gradient as undilated convs on the
+    pixel phases (:func:`polyphase_depthwise_conv2d`); ignored for other convs.
+    """
     if not fast_backward_applies(x, conv):
         return conv(x)
-    return _SameConv2d.apply(x, conv.weight, conv.bias, conv.padding[0], conv.dilation[0], conv.groups)
+    d = conv.dilation[0]
+    poly = polyphase and d > 1 and conv.groups > 1
+    return _SameConv2d.apply(x, conv.weight, conv.bias, conv.padding[0], d, conv.groups, poly)
