@@ -2,9 +2,9 @@
 
 One concept per module: ``conv_norm_act`` (conv -> BatchNorm -> ReLU, timm's and an ``nn.Sequential`` layout),
 ``channel_pool`` (CBAM-style channel mean / max), ``pair`` (``(h, w)`` from an int or a pair),
-``same_conv`` (a same-padded conv with a faster CPU backward, and dilated depthwise convs on pixel phases), ``batch_chunks`` (a CPU conv run in batch chunks that
-keep oneDNN's buffers out of fresh mmaps), ``input_size`` (sides must be multiples of N, with the padded size in the
-error) and ``weight_init`` (fan-out He-normal convs).
+``same_conv`` (a same-padded conv with a faster CPU backward; dilated depthwise convs on pixel phases),
+``batch_chunks`` (a CPU conv run in batch chunks that keep oneDNN's buffers out of fresh mmaps), ``input_size``
+(sides must be multiples of N, with the padded size in the error) and ``weight_init`` (fan-out He-normal convs).
 This package depends on torch, timm, MONAI and einops only, never on the rest of attnseg.
 """
 
