@@ -14,7 +14,10 @@ conv of MALUNet's spatial attention bridge. For a stride-1 conv whose padding ke
   channel) plane is its own group (``groups = B * C``) and the ``B`` results are summed. Depthwise 3x3 convs without
   dilation keep oneDNN's weight-only backward, which is fast there.
 
-The forward is ``F.conv2d`` itself (identical values); gradients equal PyTorch's up to float rounding.
+The forward is ``F.conv2d`` itself (identical values); gradients equal PyTorch's up to float rounding. Dilated
+depthwise convs are slow in the forward too (oneDNN runs them in its generic kernel, not its depthwise one): with
+``polyphase=True`` the forward and the input gradient run as undilated convs on the ``d x d`` pixel phases stacked
+along the batch (:func:`polyphase_depthwise_conv2d`; same products and sums, so values equal up to rounding).
 :func:`same_conv2d` takes this path for CPU autograd outside tracing / ``torch.compile`` / autocast: from batch 4 on
 (below, PyTorch's own kernels are as fast), and at any batch for the depthwise convs with the slow weight gradient
 when the input is large enough for the gain to beat the extra calls (64 Ki elements).
