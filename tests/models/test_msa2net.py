@@ -376,3 +376,39 @@ def test_fast_kernels_match_reference(block: str, legacy: bool, train: bool, bat
             stage.gate.fuse_norm.running_mean.add_(1.0)
             moved, _ = stage(tokens, (h, w), skip)
         assert (moved - outs[0]).abs().max() > 1e-3 * scale
+
+
+@pytest.mark.parametrize("block", ["lka", "dae"])
+def test_final_stage_with_the_head_equals_the_head_on_its_features(block: str) -> None:
+    # the classifier runs before the final x4 pixel shuffle (it and LayerNorm act per pixel): same logits and gradients
+    # as head(features), float64, at a non-square size
+    torch.manual_seed(3)
+    dim, h, w = 16, 6, 5
+    stage = DecoderStage(dim, block, final=True).double().train()
+    head = nn.Conv2d(dim, 3, 1).double()
+    with torch.no_grad():
+        _perturb_norms(stage)
+        stage.expand.norm.weight.normal_()
+        stage.expand.norm.bias.normal_()
+    tokens = torch.randn(2, h * w, dim, dtype=torch.float64)
+    skip = torch.randn(2, dim, h, w, dtype=torch.float64)
+    outs, grads = [], []
+    for fused in (True, False):
+        x, s = tokens.clone().requires_grad_(True), skip.clone().requires_grad_(True)
+        if fused:
+            out, size = stage(x, (h, w), s, head=head)
+        else:
+            features, size = stage(x, (h, w), s)
+            out = head(features)
+        assert size == (4 * h, 4 * w) and out.shape == (2, 3, 4 * h, 4 * w)
+        (out * torch.linspace(-1, 1, out.shape[-1], dtype=torch.float64)).sum().backward()
+        outs.append(out.detach())
+        grads.append([x.grad, s.grad] + [p.grad.clone() for p in [*stage.parameters(), *head.parameters()]])
+        stage.zero_grad(set_to_none=True)
+        head.zero_grad(set_to_none=True)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    scale = max(float(g.abs().max()) for g in grads[1])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11 * scale)
+    with pytest.raises(ValueError, match="only taken by the final"):
+        DecoderStage(dim, block)(tokens.float(), (h, w), skip.float(), head=head.float())

@@ -442,12 +442,20 @@ class PatchExpand(nn.Module):
         self.proj = nn.Linear(dim, scale * scale * out_dim, bias=False)
         self.norm = nn.LayerNorm(out_dim)
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: tuple[int, int], head: nn.Conv2d | None = None) -> torch.Tensor:
+        """Tokens ``(B, H*W, C)`` at ``size`` to ``(B, sH*sW, C')``; with a 1x1 conv ``head``, its NCHW output
+        ``(B, classes, sH, sW)`` instead."""
         h, w = size
         s = self.scale
-        # (B, H*W, s*s*C') -> (B, sH*sW, C'), sub-pixel split ordered (p1, p2, c)
-        x = rearrange(self.proj(x), "b (h w) (p1 p2 c) -> b (h p1 w p2) c", h=h, w=w, p1=s, p2=s)
-        return self.norm(x)
+        if head is None:
+            # (B, H*W, s*s*C') -> (B, sH*sW, C'), sub-pixel split ordered (p1, p2, c)
+            x = rearrange(self.proj(x), "b (h w) (p1 p2 c) -> b (h p1 w p2) c", h=h, w=w, p1=s, p2=s)
+            return self.norm(x)
+        # LayerNorm and the 1x1 head act per output pixel, so both run before the pixels move: the one copy that
+        # puts them in place then carries `classes` channels instead of C'
+        y = self.norm(self.proj(x).view(x.shape[0], h, w, s, s, -1))  # (B, H, W, p1, p2, C')
+        y = F.linear(y, head.weight.flatten(1), head.bias)  # (B, H, W, p1, p2, classes)
+        return y.permute(0, 5, 1, 3, 2, 4).reshape(x.shape[0], -1, s * h, s * w)
 
 
 def _init_decoder_weights(module: nn.Module) -> None:
@@ -540,7 +548,11 @@ class DecoderStage(nn.Module):
         return image.flatten(2).transpose(1, 2)
 
     def forward(
-        self, x: torch.Tensor, size: tuple[int, int], skip: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        size: tuple[int, int],
+        skip: torch.Tensor | None = None,
+        head: nn.Conv2d | None = None,
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """Run the stage.
 
@@ -548,10 +560,15 @@ class DecoderStage(nn.Module):
             x: decoder tokens ``(B, H*W, C)`` in raster order at ``size``.
             size: ``(H, W)`` of the tokens (and of the skip).
             skip: encoder map ``(B, C, H, W)``, or None for the skip-less 1/32 stage.
+            head: final stage only: a 1x1 classifier conv; the stage then returns its logits (the same values as
+                ``head(features)``, with the classifier applied before the x4 pixel shuffle).
 
         Returns:
-            ``(tokens (B, 4HW, C/2), (2H, 2W))``, or for the final stage ``(features (B, C, 4H, 4W), (4H, 4W))``.
+            ``(tokens (B, 4HW, C/2), (2H, 2W))``, or for the final stage ``(features (B, C, 4H, 4W), (4H, 4W))``
+            (logits ``(B, classes, 4H, 4W)`` with ``head``).
         """
+        if head is not None and not self.final:
+            raise ValueError("head is only taken by the final decoder stage")
         h, w = size
         if skip is not None:
             if not self.uses_skip:
@@ -573,9 +590,11 @@ class DecoderStage(nn.Module):
                 for blk in self.blocks:
                     y = blk(y)
                 x = self._to_tokens(y.contiguous())
-        x = self.expand(x, size)
         s = self.expand.scale
         out_size = (s * h, s * w)
+        if head is not None:
+            return self.expand(x, size, head), out_size
+        x = self.expand(x, size)
         if self.final:
             return rearrange(x, "b (h w) c -> b c h w", h=out_size[0], w=out_size[1]), out_size
         return x, out_size
@@ -680,6 +699,10 @@ class MSA2Net(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder feature map before the 1x1 classifier, ``(B, feature_channels, H, W)``."""
+        return self._decode(x)
+
+    def _decode(self, x: torch.Tensor, head: nn.Conv2d | None = None) -> torch.Tensor:
+        # features, or with `head` the logits (the final stage applies it before its pixel shuffle)
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"expected input (B, 1 or 3, H, W), got {tuple(x.shape)}")
         self.validate_input_size(tuple(x.shape[2:]))
@@ -692,16 +715,17 @@ class MSA2Net(nn.Module):
         tokens, size = self.stage32(tokens, tuple(s32.shape[2:]))
         tokens, size = self.stage16(tokens, size, s16)
         tokens, size = self.stage8(tokens, size, s8)
-        features, _ = self.stage4(tokens, size, s4)
-        return features
+        out, _ = self.stage4(tokens, size, s4, head=head)
+        return out
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """1x1 classifier: features -> logits."""
         return self.head(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # paper Fig. 1: encoder -> MASAG-gated decoder -> logits at input resolution
-        return self.forward_head(self.forward_features(x))
+        # paper Fig. 1: encoder -> MASAG-gated decoder -> logits at input resolution; forward_head(forward_features(x))
+        # computed with the 1x1 classifier before the final pixel shuffle (fewer channels to move)
+        return self._decode(x, head=self.head)
 
     def unused_parameters(self) -> dict[str, str]:
         """Prefixes of the never-executed modules kept by ``keep_dead_modules=True`` (``{}`` otherwise), with why."""
@@ -881,8 +905,8 @@ class OfficialDecoderLayer(nn.Module):
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
         skip = None if x2 is None else x2.permute(0, 3, 1, 2)  # (B, C, H, W)
-        out, _ = self.stage(x1, self.size, skip)
-        return out if self.head is None else self.head(out)
+        out, _ = self.stage(x1, self.size, skip, head=self.head)
+        return out
 
 
 def _decoder_layer_loader(block: str | None):
