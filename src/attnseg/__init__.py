@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from attnseg.allocator import tune_allocator  # standard library only: cheap to import
+
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "from_official", "load_run", "tune_allocator", "__version__"]
 
@@ -47,11 +49,3 @@ def load_run(run_dir, checkpoint: str = "best", device: Any = "auto"):
     from attnseg.inference.predictor import load_run as _load_run
 
     return _load_run(run_dir, checkpoint=checkpoint, device=device)
-
-
-def tune_allocator() -> bool:
-    """Keep freed tensor memory in this process's heap for the next step (glibc only; what every ``attnseg`` command
-    does at start). Returns whether it applied; see :func:`attnseg.allocator.tune_allocator`."""
-    from attnseg.allocator import tune_allocator as _tune
-
-    return _tune()
