@@ -26,6 +26,10 @@ train-mode BatchNorm) are compared against 1e-3 of the largest gradient. "fwd" i
 (a plain mean after MASAG's final BatchNorm would have zero gradient), gradients reset to None.
 One intra-op thread by default; load average before and after.
 
+Bound (realistic cases, with ``--profile``): the share of our training step spent in convolutions, matmuls and
+normalisations that the official step also runs on the same input shapes (``shared_kernel_share``), and the ratio
+divided by it, the most any rewrite of the remaining ops could give (Amdahl's law).
+
 Usage: ``python benchmarks/bench_msa2net_modules.py [--official DIR] [--threads 1] [--rounds 5] [--runs 10]
 [--cases fixture|realistic|all] [--profile N]``
 """
@@ -355,6 +359,41 @@ def profile_pair(theirs, ours, inputs, mode: str, iters: int, top: int = 8) -> d
     return out
 
 
+# compute kernels whose cost a rewrite cannot cut when both implementations call them on the same shapes
+SHARED_KERNELS = ("conv", "mm", "batch_norm", "layer_norm")
+
+
+def shared_kernel_share(theirs, ours, inputs, iters: int) -> dict[str, Any]:
+    """Share of our training step spent in compute kernels the official step also runs, with the same input shapes.
+
+    Both steps are profiled with their input shapes; an ``aten::`` op of ours whose name holds one of
+    :data:`SHARED_KERNELS` counts as shared when the official step calls the same op on the same shapes (per call up
+    to the official count). ``share`` = shared self CPU time / all ``aten::`` self CPU time of ours. If every other
+    op of ours cost nothing, the ratio official / ours could not pass ``ratio / share`` (Amdahl's law).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    groups = {}
+    for name, m in (("official", theirs), ("ours", ours)):
+        step = _steps({name: m}, inputs, "forward_backward")[name]
+        step()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(iters):
+                step()
+        groups[name] = {
+            (e.key, str(e.input_shapes)): (e.self_cpu_time_total, e.count)
+            for e in prof.key_averages(group_by_input_shape=True)
+            if e.key.startswith("aten::")
+        }
+        m.zero_grad(set_to_none=True)
+    total = sum(t for t, _ in groups["ours"].values())
+    shared = 0.0
+    for (key, shapes), (t, n) in groups["ours"].items():
+        if any(k in key for k in SHARED_KERNELS) and (key, shapes) in groups["official"]:
+            shared += t * min(1.0, groups["official"][key, shapes][1] / n)
+    return {"share": round(shared / max(total, 1), 4), "shared_ms_per_step": round(shared / 1e3 / iters, 3)}
+
+
 # ---------------------------------------------------------------------------------------------------- report
 
 
@@ -386,6 +425,28 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {f['ours_ms_median']:.2f} / {b['ours_ms_median']:.2f} "
             f"| {d['forward']:.1e} / {d['train_output']:.1e} / {grads:.1e} |"
         )
+    bounded = [r for r in doc["results"] if "bound" in r]
+    if bounded:
+        lines += [
+            "",
+            "## Bound: compute kernels both implementations run on the same shapes (training step)",
+            "",
+            "Shared = self CPU time of our convolutions, matmuls, BatchNorms and LayerNorms (forward and backward) "
+            "that the official step also calls with the same input shapes, as a share of our step "
+            "(`shared_kernel_share`). Bound = fwd+bwd ratio / shared: the largest ratio any rewrite of the other "
+            "ops could reach while these kernels stay (Amdahl's law, all else at zero cost).",
+            "",
+            "| module | shared | shared ms / step | fwd+bwd ratio wall (CPU) | bound wall (CPU) | 1.2x reachable |",
+            "|---|---:|---:|---|---|---|",
+        ]
+        for r in bounded:
+            b, fb = r["bound"], r["forward_backward"]
+            reachable = "yes" if max(b["wall"], b["cpu"]) >= 1.2 else "no"
+            lines.append(
+                f"| {r['case']} | {100 * b['share']:.1f} % | {b['shared_ms_per_step']:.1f} "
+                f"| {fb['ratio_median']:.2f} ({fb['cpu_ratio_median']:.2f}) | {b['wall']:.2f} ({b['cpu']:.2f}) "
+                f"| {reachable} |"
+            )
     for name, prof in doc.get("profiles", {}).items():
         for mode, impls in prof.items():
             lines += ["", f"## Profile: {name}, {mode} (top ops by self CPU time per call)", ""]
@@ -439,6 +500,13 @@ def main(argv: list[str] | None = None) -> int:
             profiles[case["name"]] = {
                 mode: profile_pair(theirs, ours, case["inputs"], mode, args.profile)
                 for mode in ("forward", "forward_backward")
+            }
+            shared = shared_kernel_share(theirs, ours, case["inputs"], args.profile)
+            fb = row["forward_backward"]
+            row["bound"] = {
+                **shared,
+                "wall": round(fb["ratio_median"] / shared["share"], 3),
+                "cpu": round(fb["cpu_ratio_median"] / shared["share"], 3),
             }
         print(
             f"{case['name']:32s} fwd {row['forward']['ratio_median']:.2f} "
