@@ -123,8 +123,18 @@ class TrainConfig:
         for name in ("num_workers", "val_every", "warmup_iterations"):
             if (getattr(self, name) or 0) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", option=name)
+        for f in dataclasses.fields(self):  # nan / inf in any number: --lr nan would train on nan silently
+            value = getattr(self, f.name)
+            numbers = value if isinstance(value, (list, tuple)) else [value]
+            if any(_is_number(v) and not math.isfinite(v) for v in numbers):
+                raise ConfigError(f"must be finite, got {value}", option=f.name)
         if self.lr <= 0:
             raise ConfigError(f"must be > 0, got {self.lr}", option="lr")
+        for name in ("weight_decay", "min_lr", "grad_clip", "momentum", "poly_power"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"must be >= 0, got {getattr(self, name)}", option=name)
+        if self.target_spacing is not None and min(self.target_spacing, default=1) <= 0:
+            raise ConfigError(f"must be > 0, got {self.target_spacing}", option="target_spacing")
         if len(self.input_size) not in (2, 3) or min(self.input_size) < 1:
             raise ConfigError(f"needs 2 (H W) or 3 (D H W) positive sizes, got {self.input_size}", option="input_size")
         if not 0 <= self.foreground_prob <= 1:

@@ -245,6 +245,34 @@ def test_option_values_out_of_range_are_named(ct_dataset, tiny_ct_run, tmp_path)
         assert not (tmp_path / "m.onnx").exists()
     result = _invoke("evaluate", "--pred", tmp_path, "--gt", ct_dataset / "labelsTs", "--workers", "-3")
     _assert_clean_error(result, "--workers", "-3")
+    for value in ("nan", "inf"):
+        _assert_clean_error(_train(ct_dataset, tmp_path / "run", "--lr", value), "--lr", "finite", out=tmp_path / "run")
+    result = _train(ct_dataset, tmp_path / "run", "--model-kwargs", '{"width": -4}')
+    _assert_clean_error(result, "--model-kwargs", "cannot build 'unet'", "width must be >= 1", out=tmp_path / "run")
+
+
+def test_a_3d_model_on_2d_images_is_refused_before_writing(rgb_dataset, tmp_path):
+    result = _invoke(
+        "train", "-m", "unet3d", "-d", rgb_dataset, "-o", tmp_path / "run", "--iterations", "1", "--batch-size", "1",
+        "--input-size", "32", "32", "32", "--model-kwargs", '{"width": 4}', "--num-workers", "0", "-q",
+    )  # fmt: skip
+    _assert_clean_error(result, "--model", "3D network", "2D images", out=tmp_path / "run")
+
+
+def test_evaluate_never_writes_its_summary_over_an_image_it_reads(ct_dataset, tiny_ct_run, tmp_path):
+    predicted = tmp_path / "pred"
+    assert _invoke("predict", "--run", tiny_ct_run, "-i", ct_dataset / "imagesTs", "-o", predicted).exit_code == 0
+    reference = sorted((ct_dataset / "labelsTs").glob("*.nii.gz"))[0]
+    mask = predicted / reference.name
+    before = reference.read_bytes(), mask.read_bytes()
+    for target, fragment in (
+        (reference, "ending in .json"),
+        (mask, "ending in .json"),
+        (reference.parent / "s.json", "inside the reference folder"),
+    ):
+        result = _invoke("evaluate", "--pred", predicted, "--gt", ct_dataset / "labelsTs", "--out", target)
+        _assert_clean_error(result, "--out", fragment)
+    assert (reference.read_bytes(), mask.read_bytes()) == before and not (reference.parent / "s.json").exists()
 
 
 def test_a_colour_photo_is_not_a_ct_scan(tiny_ct_run, rgb_dataset, tmp_path):

@@ -254,3 +254,31 @@ def test_predict_keep_largest_equals_the_postprocessed_plain_prediction(ct_run, 
     bad = _predict(ct_run, image, tmp_path / "bad", "--keep-largest", "kidney")
     assert bad.exit_code == 2 and "--keep-largest: 'kidney' is not a foreground class" in bad.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_3d_run_refuses_2d_images_and_carries_on_with_the_folder(ct_run, ct_dataset, tmp_path):
+    run3d = train_tiny(
+        ct_dataset, tmp_path / "run3d", model="unet3d", iterations=2, batch_size=1, input_size=[32, 32, 16]
+    )
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((37, 53), np.float32), np.diag([1.5, 1.5, 3.0, 1.0])), folder / "flat.nii.gz")
+    shutil.copy(ct_dataset / "imagesTs" / "test000_0000.nii.gz", folder / "vol_0000.nii.gz")
+    result = _predict(run3d, folder, tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert "flat.nii.gz" in result.output and "2D image" in result.output and "Traceback" not in result.output
+    assert "1 of 2" in result.output
+    mask = nib.load(tmp_path / "out" / "vol.nii.gz")
+    assert mask.shape == nib.load(folder / "vol_0000.nii.gz").shape
+
+
+def test_two_inputs_of_one_case_name_are_refused_before_writing(ct_run, ct_dataset, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(ct_dataset / "imagesTs" / "test000_0000.nii.gz", folder / "a_0000.nii.gz")
+    shutil.copy(ct_dataset / "imagesTr" / "train000_0000.nii.gz", folder / "a.nii.gz")
+    result = _predict(ct_run, folder, tmp_path / "out")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in said, said
+    assert "a_0000.nii.gz" in said and "a.nii.gz" in said and "same file" in said
+    assert not (tmp_path / "out").exists()

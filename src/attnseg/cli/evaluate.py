@@ -42,6 +42,10 @@ def evaluate(
     target = out if out is not None else pred / "summary.json"
     if target.is_dir():
         raise ConfigError(f"--out {target}: is a folder; give a file name such as {target / 'summary.json'}")
+    if target.suffix.lower() != ".json":  # never a prediction or reference image of the folders evaluated
+        raise ConfigError(f"--out {target}: the summary is JSON; give a file name ending in .json")
+    if gt.is_dir() and gt.resolve() in target.resolve().parents:
+        raise ConfigError(f"--out {target}: is inside the reference folder --gt {gt}; write the summary elsewhere")
     refuse_reserved(target, "--out")
     summary = evaluate_folders(pred, gt, dataset_dir=dataset, protocol=protocol, num_workers=workers)
     target = save_summary(summary, target)

@@ -187,6 +187,8 @@ class Predictor:
             raise ImageReadError(item.paths[0], f"has {image.shape[0]} channel(s); the model was trained on {expected}")
         if meta.ndim == 3 and not self.plan.data_is_3d:
             raise ImageReadError(item.paths[0], "is a volume but the model was trained on 2D images")
+        if meta.ndim == 2 and self.spatial_dims == 3:
+            raise ImageReadError(item.paths[0], "is a 2D image but the model is a 3D network trained on volumes")
         for path, arr in zip(item.paths, arrays, strict=True):
             problem = nonfinite_problem(arr)
             if problem:
@@ -394,6 +396,15 @@ class Predictor:
             self.output_paths(item, output_dir, overlay=overlay, probabilities=probabilities, formats=formats)
             for item in items
         ]
+        owners: dict[Path, PredictionInput] = {}
+        for item, paths in zip(items, planned, strict=True):
+            for path in paths.values():
+                first = owners.setdefault(path.resolve(), item)
+                if first is not item:  # a_0000.nii.gz and a.nii.gz are both case "a"
+                    raise ConfigError(
+                        f"{first.paths[0]} and {item.paths[0]} are both case {item.case_id!r} and would write the same "
+                        f"file {path.name}; rename one of them"
+                    )
         inputs = {p.resolve() for item in items for p in item.paths}
         for path in (p for paths in planned for p in paths.values()):
             if path.resolve() in inputs:  # refused before anything is written

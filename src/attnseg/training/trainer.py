@@ -194,6 +194,8 @@ class Trainer:
             )
         except UnknownModelOptionError as exc:  # the message lists the model's options
             raise ConfigError(str(exc), option="model_kwargs") from None
+        except ValueError as exc:  # a value the model's constructor refuses (width -4, heads not dividing dim, ...)
+            raise ConfigError(f"cannot build {c.model!r} with {c.model_kwargs}: {exc}", option="model_kwargs") from None
 
     def build_loss(self, num_classes: int) -> nn.Module:
         return build_loss(self.cfg.loss, num_classes)
@@ -281,6 +283,8 @@ class Trainer:
             seed=c.seed,
         )
         self.plan.num_classes = num_classes
+        if self.spatial_dims == 3 and not self.plan.data_is_3d:
+            raise ConfigError(f"model {c.model!r} is a 3D network but {info.root} holds 2D images", option="model")
         train_cases = [preprocess_case(cid, *load_case(info.cases[cid], info), self.plan) for cid in self.train_ids]
         self.val_cases = [preprocess_case(cid, *load_case(info.cases[cid], info), self.plan) for cid in self.val_ids]
         self.cache = CaseCache(train_cases, self.spatial_dims, seed=c.seed)
