@@ -75,6 +75,18 @@ def _prepare(path: Path, suffix: str | None) -> Path:
     return Path(tmp_name)
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an atomic write of ``path`` left behind when its process was killed (SIGKILL, a
+    power cut: no ``finally`` ran); the paths removed. Only for destinations no other process is writing."""
+    import glob
+
+    path = Path(path)
+    stale = [Path(p) for p in glob.glob(glob.escape(str(path.parent / f".{path.name}.")) + "*.tmp*")]
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 @contextmanager
 def atomic_paths(*paths: str | os.PathLike, suffix: str | None = None) -> Iterator[list[Path]]:
     """Yield a temporary path next to each of ``paths``; once all are written, they are synced to disk and then

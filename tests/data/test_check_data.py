@@ -377,6 +377,13 @@ BAD_INPUTS = [
         ("error", None, "splits.json", "must be an object of named splits"),
     ),
     (
+        "splits_fold_as_a_list",
+        "ct",
+        _splits({"fold0": ["train000"]}),
+        2,
+        ("error", None, "splits.json", """split 'fold0' is not a fold {"train": [...], "val": [...]}"""),
+    ),
+    (
         "no_training_cases",
         "ct",
         _no_training_cases,

@@ -145,3 +145,9 @@ def test_complex_images_are_refused_not_truncated_to_their_real_part(tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4)), path)
     with pytest.raises(ImageReadError, match="complex.nii.gz: holds complex64 values; images must be real numbers"):
         read_image(path)
+
+
+def test_a_nifti_without_voxels_is_named_as_such(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((20, 0, 4), np.float32), np.eye(4)), tmp_path / "empty.nii.gz")
+    with pytest.raises(ImageReadError, match=r"empty\.nii\.gz.*holds no voxels \(shape \(20, 0, 4\)\)"):
+        read_image(tmp_path / "empty.nii.gz")

@@ -264,6 +264,9 @@ def test_unreadable_file_names_the_case(folders):
 def test_bad_arguments(tmp_path):
     with pytest.raises(EvaluationError, match="prediction folder not found"):
         evaluate_folders(tmp_path / "nope", tmp_path)
+    (tmp_path / "gt.nii.gz").write_bytes(b"")
+    with pytest.raises(EvaluationError, match=r"gt\.nii\.gz: ground-truth is a file, not a folder"):
+        evaluate_folders(tmp_path, tmp_path / "gt.nii.gz")
     with pytest.raises(ValueError, match="unknown protocol"):
         evaluate_arrays([("a", np.zeros((2, 2), int), np.zeros((2, 2), int), None)], protocol="dice")
     with pytest.raises(EvaluationError, match="non-integer"):

@@ -227,8 +227,10 @@ def test_continue_finishes_a_killed_folder_prediction_as_an_uninterrupted_run(ct
     done_before = sum(
         (out / f"{c}_probabilities.npz").exists() and (out / "overlays" / f"{c}.png").exists() for c in stem
     )
+    (out / ".case23.nii.gz.k1ll3d.tmp.gz").write_bytes(b"")  # what a kill inside an atomic write leaves
     result = _predict(ct_run, folder, out, *extra, "--continue")
     assert result.exit_code == 0, result.output
+    assert not list(out.rglob(".*.tmp*")), "--continue left the killed run's temporary files"
     said = " ".join(result.output.split())
     assert f"{24 - done_before} of {24 - done_before} case(s)" in said
     assert f"({done_before} skipped: already complete)" in said

@@ -53,6 +53,7 @@ def predict_command(
     from attnseg.data.dicom_out import require_dicom_libraries
     from attnseg.inference.postprocess import parse_classes
     from attnseg.inference.predictor import FORMATS, find_inputs, load_run
+    from attnseg.io import remove_stale_temporaries
 
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint must be best or last, got {checkpoint!r}")
@@ -85,15 +86,14 @@ def predict_command(
             )
     found = len(items)
     if resume:
-        items = [
-            item
+        planned = [
+            predictor.output_paths(item, output, overlay=overlay, probabilities=probabilities, formats=formats)
             for item in items
-            if not all(
-                p.is_file()
-                for p in predictor.output_paths(
-                    item, output, overlay=overlay, probabilities=probabilities, formats=formats
-                ).values()
-            )
+        ]
+        for path in (p for paths in planned for p in paths.values()):
+            remove_stale_temporaries(path)  # half-written files of the killed run
+        items = [
+            item for item, paths in zip(items, planned, strict=True) if not all(p.is_file() for p in paths.values())
         ]
     console = Console(stderr=True, soft_wrap=True)  # whole paths in the failure lines, not folded
     with Progress(

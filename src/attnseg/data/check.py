@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -833,6 +834,8 @@ def _splits_findings(root: Path, known: set[str], add: Callable[..., None]) -> N
         if problem:
             add("error", None, "splits.json", problem)
             continue
+        if re.fullmatch(r"fold\d+", name) and not (isinstance(split, dict) and "train" in split):
+            add("error", None, "splits.json", f'split {name!r} is not a fold {{"train": [...], "val": [...]}}')
         parts = {"": split} if isinstance(split, list) else split
         members = {c for m in parts.values() for c in m}
         unknown = sorted(members - known)

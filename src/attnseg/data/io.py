@@ -178,6 +178,8 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
 
     img = nib.load(str(path))
     data = np.asanyarray(img.dataobj)  # forces decompression: truncated gzip files fail here
+    if 0 in img.shape:
+        raise ImageReadError(path, f"holds no voxels (shape {tuple(img.shape)})")
     if data.ndim == 4:  # 4D NIfTI: last axis as channels
         data = np.moveaxis(data, -1, 0)
     elif data.ndim in (2, 3):

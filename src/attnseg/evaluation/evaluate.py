@@ -469,7 +469,8 @@ def evaluate_folders(
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for name, folder in (("prediction", pred_dir), ("ground-truth", gt_dir)):
         if not folder.is_dir():
-            raise EvaluationError(f"{folder}: {name} folder not found")
+            problem = "is a file, not a folder" if folder.exists() else "folder not found"
+            raise EvaluationError(f"{folder}: {name} {problem}")
     label_spec, meta = load_labels(labels, dataset_dir)
     ending = file_ending or meta.get("file_ending") or _guess_file_ending(gt_dir)
     gts, preds = _files_by_case(gt_dir, ending), _files_by_case(pred_dir, ending)

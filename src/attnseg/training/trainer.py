@@ -356,7 +356,13 @@ class Trainer:
         fold = c.fold if not c.fold.isdigit() else f"fold{c.fold}"
         if fold == "all":
             train_ids, val_ids = info.training_cases(), []
-        elif fold not in splits or not isinstance(splits[fold], dict):
+        elif fold in splits and not isinstance(splits[fold], dict):
+            raise ConfigError(
+                f"split {fold!r} of {info.root / 'splits.json'} is a list of cases, not a fold "
+                '{"train": [...], "val": [...]}',
+                option="fold",
+            )
+        elif fold not in splits:
             names = [k for k, v in splits.items() if isinstance(v, dict)]
             raise ConfigError(
                 f"{c.fold!r} is not in {info.root / 'splits.json'} (available: {names + ['all']})", option="fold"
