@@ -284,3 +284,17 @@ def test_two_inputs_of_one_case_name_are_refused_before_writing(ct_run, ct_datas
     assert result.exit_code == 2 and "Traceback" not in said, said
     assert "a_0000.nii.gz" in said and "a.nii.gz" in said and "same file" in said
     assert not (tmp_path / "out").exists()
+
+
+def test_a_header_spacing_far_coarser_than_the_model_is_refused_not_resampled_for_hours(ct_run, ct_dataset, tmp_path):
+    source = nib.load(ct_dataset / "imagesTs" / "test000_0000.nii.gz")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(np.asarray(source.dataobj), np.diag([50.0, 50.0, 3.0, 1.0])), folder / "cm.nii.gz")
+    shutil.copy(ct_dataset / "imagesTs" / "test000_0000.nii.gz", folder / "ok_0000.nii.gz")
+    result = _predict(ct_run, folder, tmp_path / "out")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in said, said
+    assert "cm.nii.gz: voxel spacing (50.0, 50.0, 3.0) mm; resampling to the model's 1.5 mm would enlarge" in said
+    assert "33x" in said and "check the spacing in the file's header" in said
+    assert (tmp_path / "out" / "ok.nii.gz").exists() and not (tmp_path / "out" / "cm.nii.gz").exists()

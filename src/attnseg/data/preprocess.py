@@ -246,6 +246,9 @@ def make_plan(
     )
 
 
+MAX_UPSAMPLING = 16  # per axis, from the image's spacing to the plan's: above it the header is wrong, not the data
+
+
 def preprocess_case(
     case_id: str, image: np.ndarray, label: np.ndarray | None, meta: ImageMeta, plan: Plan
 ) -> PreprocessedCase:
@@ -267,6 +270,15 @@ def preprocess_case(
         new_shape = tuple(
             n if t <= 0 else max(1, int(round(n * s / t))) for n, s, t in zip(reoriented, spacing, plan.target_spacing)
         )
+        factors = [m / n for m, n in zip(new_shape, reoriented, strict=True)]
+        axis = int(np.argmax(factors))
+        if factors[axis] > MAX_UPSAMPLING:  # a wrong header (pixdim in cm, 50 mm pixels): hours of resampling else
+            raise DatasetError(
+                f"{meta.path or f'case {case_id!r}'}: voxel spacing {tuple(round(float(v), 4) for v in spacing)} mm; "
+                f"resampling to the model's {plan.target_spacing[axis]:g} mm would enlarge axis {axis} "
+                f"{factors[axis]:.0f}x (to {new_shape} voxels, limit {MAX_UPSAMPLING}x); check the spacing in the "
+                "file's header"
+            )
         if new_shape != reoriented:
             image = _resample(image, new_shape, label=False)
             if label is not None:
