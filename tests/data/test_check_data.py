@@ -377,6 +377,13 @@ BAD_INPUTS = [
         ("error", None, "splits.json", "must be an object of named splits"),
     ),
     (
+        "labels_folder_is_a_file",
+        "ct",
+        lambda ds: (shutil.rmtree(ds / "labelsTr"), (ds / "labelsTr").write_text("")),
+        2,
+        ("error", None, "labelsTr", "labelsTr is a file; it must be a folder"),
+    ),
+    (
         "splits_fold_as_a_list",
         "ct",
         _splits({"fold0": ["train000"]}),

@@ -151,3 +151,11 @@ def test_a_nifti_without_voxels_is_named_as_such(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((20, 0, 4), np.float32), np.eye(4)), tmp_path / "empty.nii.gz")
     with pytest.raises(ImageReadError, match=r"empty\.nii\.gz.*holds no voxels \(shape \(20, 0, 4\)\)"):
         read_image(tmp_path / "empty.nii.gz")
+
+
+def test_a_nifti_header_with_nan_voxel_sizes_is_named_as_such(tmp_path):
+    img = nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.eye(4))
+    img.header["pixdim"][2] = np.nan
+    nib.save(img, tmp_path / "nan.nii.gz")
+    with pytest.raises(ImageReadError, match=r"nan\.nii\.gz: its header holds NaN or infinite voxel sizes"):
+        read_image(tmp_path / "nan.nii.gz")

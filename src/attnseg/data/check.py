@@ -506,6 +506,11 @@ def _index(root: Path, declared: _Declared, n_files: int | None, add: Callable[.
     unmatched: dict[str, list[Path]] = {}  # folder -> its files, when file_ending matches none of them
     for subset in ("Tr", "Ts"):
         img_dir, lbl_dir = root / f"images{subset}", root / f"labels{subset}"
+        blocked = [d for d in (img_dir, lbl_dir) if d.exists() and not d.is_dir()]
+        for d in blocked:  # one cause, one error (not a "missing label" per case)
+            add("error", None, d.name, f"{_rel(root, d)} is a file; it must be a folder")
+        if lbl_dir in blocked:
+            lbl_dir = None
         found: dict[str, _Case] = {}
         other: list[Path] = []
         for f in sorted(img_dir.iterdir()) if img_dir.is_dir() else []:
@@ -523,7 +528,7 @@ def _index(root: Path, declared: _Declared, n_files: int | None, add: Callable[.
             unmatched[img_dir.name] = other
         labels: dict[str, Path] = {}
         other_labels: list[Path] = []
-        for f in sorted(lbl_dir.iterdir()) if lbl_dir.is_dir() else []:
+        for f in sorted(lbl_dir.iterdir()) if lbl_dir is not None and lbl_dir.is_dir() else []:
             if f.name.startswith("."):
                 continue
             if f.name.endswith(ending):
@@ -545,7 +550,7 @@ def _index(root: Path, declared: _Declared, n_files: int | None, add: Callable[.
                 )
                 continue
             cases[case_id] = case
-            if subset == "Tr" and case.label is None:
+            if subset == "Tr" and case.label is None and lbl_dir is not None:
                 expected = lbl_dir / f"{case_id}{ending}"
                 add("error", case_id, _rel(root, expected), "missing: a training case needs its label")
             if n_files is None:

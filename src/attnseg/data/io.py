@@ -108,7 +108,8 @@ def meta_for_array(
     if affine is not None:
         affine = np.array(affine, dtype=float)
         if affine.shape != (4, 4) or not np.isfinite(affine).all():
-            raise ValueError(f"affine must be a finite 4x4 voxel -> RAS matrix, got shape {affine.shape}")
+            got = f"shape {affine.shape}" if affine.shape != (4, 4) else "NaN or infinite entries"
+            raise ValueError(f"affine must be a finite 4x4 voxel -> RAS matrix, got {got}")
     if spacing is not None:
         spacing = tuple(float(s) for s in np.asarray(spacing, dtype=float).ravel())
         if len(spacing) != ndim or not all(np.isfinite(s) and s > 0 for s in spacing):
@@ -180,6 +181,8 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
     data = np.asanyarray(img.dataobj)  # forces decompression: truncated gzip files fail here
     if 0 in img.shape:
         raise ImageReadError(path, f"holds no voxels (shape {tuple(img.shape)})")
+    if not (np.isfinite(img.affine).all() and np.isfinite(img.header.get_zooms()).all()):
+        raise ImageReadError(path, "its header holds NaN or infinite voxel sizes or orientation (pixdim, qform, sform)")
     if data.ndim == 4:  # 4D NIfTI: last axis as channels
         data = np.moveaxis(data, -1, 0)
     elif data.ndim in (2, 3):
