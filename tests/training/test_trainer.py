@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from synthetic import train_tiny
 
 from attnseg.config import AugmentConfig, TrainConfig
 from attnseg.runs import RunDir
@@ -410,3 +412,18 @@ def test_a_fold_without_training_cases_is_refused_before_any_write(ct_dataset, t
         with pytest.raises(ConfigError, match=f"'fold{fold}' has no training cases"):
             train(_cfg(root, tmp_path / f"run{fold}", fold=fold), progress=False)
         assert not (tmp_path / f"run{fold}" / "config.yaml").exists()
+
+
+def test_a_restart_into_an_unfinished_run_hides_its_old_tensorboard_events(ct_dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train_tiny(ct_dataset, out, log_every=1, seed=1)
+    shutil.rmtree(out / "checkpoints")  # as if killed before its first checkpoint: a new run may start here
+    train_tiny(ct_dataset, out, log_every=1, seed=2, iterations=3)
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    logged = [(int(r["iteration"]), float(r["loss"])) for r in csv.DictReader((out / "log.csv").open())]
+    shown = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert [s for s, _ in shown] == [s for s, _ in logged] == [1, 2, 3], shown
+    assert [v for _, v in shown] == pytest.approx([v for _, v in logged], rel=1e-6)

@@ -508,7 +508,8 @@ class Trainer:
         if ddp.is_main():
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.run_dir.tensorboard_dir))
+            # events from a killed attempt past this start (its later steps, or a whole unfinished run) are hidden
+            self._writer = SummaryWriter(str(self.run_dir.tensorboard_dir), purge_step=self.iteration + 1)
         self.model.train()
         self._progress_bar = self._open_progress()
         self._t0 = time.perf_counter()
