@@ -163,7 +163,7 @@ def test_an_unexpected_exception_is_reported_as_a_bug(monkeypatch, tmp_path):
         return {}["no_such_key"]
 
     monkeypatch.setattr(evaluate_module, "evaluate_folders", broken)
-    result = runner.invoke(app, ["evaluate", "--pred", str(tmp_path), "--gt", str(tmp_path)])
+    result = runner.invoke(app, ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")])
     assert result.exit_code == 1
     assert "internal error: KeyError" in result.output and "test_cli_errors.py:" in result.output
     assert "Traceback" in result.output and "This is a bug in attnseg" in result.output

@@ -44,7 +44,7 @@ def evaluate(
         raise ConfigError(f"--out {target}: is a folder; give a file name such as {target / 'summary.json'}")
     if target.suffix.lower() != ".json":  # never a prediction or reference image of the folders evaluated
         raise ConfigError(f"--out {target}: the summary is JSON; give a file name ending in .json")
-    if gt.is_dir() and gt.resolve() in target.resolve().parents:
+    if gt.is_dir() and target.resolve().parent == gt.resolve():  # beside the references (and dataset.json)
         raise ConfigError(f"--out {target}: is inside the reference folder --gt {gt}; write the summary elsewhere")
     refuse_reserved(target, "--out")
     summary = evaluate_folders(pred, gt, dataset_dir=dataset, protocol=protocol, num_workers=workers)

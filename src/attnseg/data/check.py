@@ -839,7 +839,7 @@ def _splits_findings(root: Path, known: set[str], add: Callable[..., None]) -> N
         if problem:
             add("error", None, "splits.json", problem)
             continue
-        if re.fullmatch(r"fold\d+", name) and not (isinstance(split, dict) and "train" in split):
+        if re.fullmatch(r"fold\d+", name) and not isinstance(split, dict):
             add("error", None, "splits.json", f'split {name!r} is not a fold {{"train": [...], "val": [...]}}')
         parts = {"": split} if isinstance(split, list) else split
         members = {c for m in parts.values() for c in m}
