@@ -256,6 +256,9 @@ def test_predict_keep_largest_equals_the_postprocessed_plain_prediction(ct_run, 
     bad = _predict(ct_run, image, tmp_path / "bad", "--keep-largest", "kidney")
     assert bad.exit_code == 2 and "--keep-largest: 'kidney' is not a foreground class" in bad.output
     assert not (tmp_path / "bad").exists()
+    empty = _predict(ct_run, image, tmp_path / "bad", "--keep-largest", "")
+    assert empty.exit_code == 2 and "--keep-largest: '' is not a foreground class" in empty.output
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_3d_run_refuses_2d_images_and_carries_on_with_the_folder(ct_run, ct_dataset, tmp_path):

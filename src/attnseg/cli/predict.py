@@ -32,8 +32,8 @@ def predict_command(
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write CASE_probabilities.npz."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     amp: str = typer.Option("none", "--amp", help="none | bf16 (autocast on CUDA and CPU)."),
-    keep_largest: str = typer.Option(
-        "",
+    keep_largest: str | None = typer.Option(
+        None,
         "--keep-largest",
         help="all, or label names/ids (liver,spleen): keep only each class's largest connected component "
         "(nnU-Net's postprocessing; for structures that are one piece).",
@@ -68,7 +68,7 @@ def predict_command(
     predictor = load_run(
         runs[0] if len(runs) == 1 else runs, checkpoint=checkpoint, device=device, amp=amp
     )  # the API's loader
-    if keep_largest:
+    if keep_largest is not None:  # "" is a mistake to name, not "off"
         predictor.keep_largest = parse_classes(keep_largest, predictor.label_names, max(predictor.num_classes, 2))
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output}: is a file; give a folder for the masks")
