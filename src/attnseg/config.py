@@ -130,6 +130,8 @@ class TrainConfig:
                 raise ConfigError(f"must be finite, got {value}", option=f.name)
         if self.lr <= 0:
             raise ConfigError(f"must be > 0, got {self.lr}", option="lr")
+        if not 0 <= self.seed < 2**32:  # numpy's seeds
+            raise ConfigError(f"must be in 0 .. 2**32 - 1, got {self.seed}", option="seed")
         for name in ("weight_decay", "min_lr", "grad_clip", "momentum", "poly_power"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", option=name)
@@ -259,7 +261,7 @@ def _read_recipe(path: Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a YAML text file (not UTF-8)") from None
     except OSError as exc:

@@ -247,6 +247,7 @@ def test_option_values_out_of_range_are_named(ct_dataset, tiny_ct_run, tmp_path)
     _assert_clean_error(result, "--workers", "-3")
     for value in ("nan", "inf"):
         _assert_clean_error(_train(ct_dataset, tmp_path / "run", "--lr", value), "--lr", "finite", out=tmp_path / "run")
+    _assert_clean_error(_train(ct_dataset, tmp_path / "run", "--seed", "-5"), "--seed", "-5", out=tmp_path / "run")
     result = _train(ct_dataset, tmp_path / "run", "--model-kwargs", '{"width": -4}')
     _assert_clean_error(result, "--model-kwargs", "cannot build 'unet'", "width must be >= 1", out=tmp_path / "run")
 

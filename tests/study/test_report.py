@@ -375,6 +375,10 @@ def test_unreadable_study_directory_is_a_user_error(study_dir: Path) -> None:
     (study_dir / "study.yaml").write_bytes(b"\xff\xfe")
     with pytest.raises(AttnsegError, match="study.yaml: not a YAML text file"):
         summarize(study_dir)
+    (study_dir / "study.yaml").write_text("::: [\n")
+    with pytest.raises(AttnsegError, match="study.yaml: not valid YAML") as info:
+        summarize(study_dir)
+    assert "\n" not in str(info.value)  # one line on the terminal
     (study_dir / "study.yaml").write_text(text)
     (study_dir / "results.csv").unlink()
     with pytest.raises(AttnsegError, match="results.csv: not found"):

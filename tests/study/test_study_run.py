@@ -208,6 +208,7 @@ BAD = [
     ({"models": [MODELS[0], {"name": "malunet", "train": {"lr": -1}}]}, "models[1] (malunet): lr: must be > 0"),
     ({"train": {**TRAIN, "seed": 3}}, "train.seed: set by the study"),
     ({"protocol": "best"}, "protocol: 'best' is not one of"),
+    ({"seeds": [0, -5]}, "seeds: -5 is outside 0 .. 2**32 - 1"),
 ]
 
 

@@ -143,7 +143,8 @@ def _meta(shape: tuple[int, ...], affine: Any, spacing: Any, rgb: bool) -> Image
         matrix = np.asarray(affine, dtype=float)
         if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
             raise ValueError(
-                f"affine must be a finite 4x4 voxel -> RAS matrix (nibabel's img.affine), got shape {matrix.shape}"
+                "affine must be a finite 4x4 voxel -> RAS matrix (nibabel's img.affine), got "
+                + (f"shape {matrix.shape}" if matrix.shape != (4, 4) else "NaN or infinite entries")
             )
         ndim = len(shape)
         if np.linalg.matrix_rank(matrix[:3, :ndim]) < ndim:

@@ -229,6 +229,8 @@ def _seeds(value: Any) -> list[int]:
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int):
             raise StudyError(f"seeds: {item!r} is not an integer")
+        if not 0 <= item < 2**32:
+            raise StudyError(f"seeds: {item} is outside 0 .. 2**32 - 1")
         if item in out:
             raise StudyError(f"seeds: {item} is given twice")
         out.append(int(item))

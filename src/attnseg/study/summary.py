@@ -113,7 +113,7 @@ def read_study(study_dir: Path) -> dict[str, Any]:
     try:
         study = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise StudyReportError(f"{path}: not valid YAML ({exc})") from None
+        raise StudyReportError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     except UnicodeDecodeError:
         raise StudyReportError(f"{path}: not a YAML text file (not UTF-8)") from None
     if not isinstance(study, dict) or not isinstance(study.get("models"), list) or not study["models"]:
