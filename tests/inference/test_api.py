@@ -229,7 +229,11 @@ def test_load_run_errors(ct_run, tmp_path):
         ((2, 16, 16, 4), {}, r"2 channel\(s\) on the first axis but the model takes 1"),
         ((16, 16, 4, 1), {}, r"a 4D NIfTI's array is \(X, Y, Z, C\): pass np.moveaxis\(array, -1, 0\)"),
         ((16, 16, 4), {"affine": np.eye(3)}, r"affine must be a finite 4x4 .* got shape \(3, 3\)"),
-        ((16, 16, 4), {"affine": np.full((4, 4), np.nan)}, r"affine must be a finite 4x4 .* got NaN or infinite entries"),
+        (
+            (16, 16, 4),
+            {"affine": np.full((4, 4), np.nan)},
+            r"affine must be a finite 4x4 .* got NaN or infinite entries",
+        ),
         ((16, 16, 4), {"affine": np.eye(4), "spacing": (1, 1, 1)}, "give affine= or spacing=, not both"),
         ((16, 16, 4), {"spacing": (1.0, 1.0)}, r"spacing must be 3 positive voxel sizes"),
         ((16, 16, 4), {"spacing": (1.0, 0.0, 1.0)}, r"spacing must be 3 positive voxel sizes"),
