@@ -239,12 +239,9 @@ def make_tn3k(root: Path, n_trainval=12, n_test=3, folds=True, seed=0) -> dict[s
             masks[f"{sub}_{i}"] = m
     (root / "label4trainval.csv").write_text("0,1\n")
     if folds:
-        (root / "tn3k-trainval-fold0.json").write_text(
-            json.dumps({"train": [0, 1, 2, 3, 4, 5, 6, 7, 8], "val": [9, 10, 11]})
-        )
-        (root / "tn3k-trainval-fold1.json").write_text(
-            json.dumps({"train": [3, 4, 5, 6, 7, 8, 9, 10, 11], "val": [0, 1, 2]})
-        )
+        for k, val in enumerate(([9, 10, 11], [0, 1, 2], [3, 4, 5], [6, 7, 8], [1, 5, 9])):
+            train = [i for i in range(n_trainval) if i not in val]
+            (root / f"tn3k-trainval-fold{k}.json").write_text(json.dumps({"train": train, "val": val}))
     return masks
 
 
@@ -268,9 +265,13 @@ def test_tn3k_layout_folds_and_thresholding(tmp_path):
     assert len(splits["fold0"]["train"]) == 9
     assert splits["official"]["train"] == sorted(f"trainval_{i}" for i in range(12))
     assert splits["official"]["val"] == [] and splits["test"] == ["test_0", "test_1", "test_2"]
-    for name in ("official", "fold0", "fold1"):
+    for name in ("official", "fold0", "fold1", "fold4"):
         _assert_split_sane(splits, name)
     load_splits(load_dataset(out))
+    (src / "tn3k-trainval-fold3.json").unlink()  # a lost file must not silently leave a four-fold CV
+    with pytest.raises(DatasetError, match=r"fold file\(s\) for fold 3 missing \(found fold0, fold1, fold2, fold4\)"):
+        convert_dataset("tn3k", src, tmp_path / "out3")
+    _no_leftovers(tmp_path, "out3")
 
 
 def test_tn3k_without_fold_files_and_bad_fold(tmp_path):
@@ -632,6 +633,12 @@ def test_mask_threshold_rules(tmp_path):
     np.testing.assert_array_equal(read_binary_mask(tmp_path / "grey.png"), [[0, 0, 1, 1]])
     with pytest.raises(DatasetError, match="grey.png: mask size 4x1"):
         read_binary_mask(tmp_path / "grey.png", (2, 4), image=tmp_path / "img.png")
+    red = np.zeros((2, 4, 3), np.uint8)
+    red[:, 2:, 0] = 255  # luminance 76: a red lesion would vanish under a grey threshold
+    Image.fromarray(red).save(tmp_path / "red.png")
+    np.testing.assert_array_equal(read_binary_mask(tmp_path / "red.png"), [[0, 0, 1, 1], [0, 0, 1, 1]])
+    Image.fromarray(red).convert("P").save(tmp_path / "red_palette.png")
+    np.testing.assert_array_equal(read_binary_mask(tmp_path / "red_palette.png"), [[0, 0, 1, 1], [0, 0, 1, 1]])
 
 
 def test_isic_pre_split_folder_layout(tmp_path):

@@ -239,6 +239,13 @@ def _open(path: Path, mode: str) -> np.ndarray:
         raise DatasetError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from None
 
 
+def _is_colour(path: Path) -> bool:
+    from PIL import Image
+
+    with Image.open(path) as im:  # readable: read_gray opened it just before
+        return im.mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """``[3, H, W]`` uint8 (gray or palette images are expanded to RGB)."""
     return np.moveaxis(_open(path, "RGB"), -1, 0)
@@ -271,7 +278,8 @@ def read_binary_mask(path: Path, shape: tuple[int, int] | None = None, *, image:
     stored as 0/1 (16-bit masks: above half their maximum).
 
     Args:
-        path: mask file (PNG/JPEG/...; colour masks are converted to luminance).
+        path: mask file (PNG/JPEG/...; a colour mask's pixel is its brightest channel, so pure red is foreground,
+            as luminance (76) would not make it).
         shape: the image's ``(H, W)``; a mask of another size is an error.
         image: the image file, named in the size error.
 
@@ -279,6 +287,8 @@ def read_binary_mask(path: Path, shape: tuple[int, int] | None = None, *, image:
         DatasetError: unreadable mask, or size differs from the image.
     """
     arr = read_gray(path)
+    if _is_colour(path):
+        arr = _open(path, "RGB").max(axis=-1)
     if shape is not None and tuple(arr.shape) != tuple(shape):
         raise DatasetError(
             f"{path}: mask size {arr.shape[1]}x{arr.shape[0]} (WxH) differs from image "

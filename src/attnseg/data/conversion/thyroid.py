@@ -143,6 +143,13 @@ def _read_folds(src: Path, trainval_images: list[Path], prefix: str) -> dict[str
         if overlap:
             raise DatasetError(f"{path}: {len(overlap)} images are in both train and val (e.g. {sorted(overlap)[0]})")
         folds[f"fold{k}"] = fold
+    found = {int(k[4:]) for k in folds}
+    absent = sorted(set(range(max([4, *found]) + 1)) - found)
+    if folds and absent:  # TN3K publishes folds 0-4: a lost file must not silently shrink the CV
+        raise DatasetError(
+            f"{src}: fold file(s) for fold {', '.join(map(str, absent))} missing (found {', '.join(sorted(folds))}); "
+            "give all five tn3k-trainval-foldK.json files, or none for seeded folds"
+        )
     return folds
 
 
