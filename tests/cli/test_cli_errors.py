@@ -260,6 +260,16 @@ def test_a_3d_model_on_2d_images_is_refused_before_writing(rgb_dataset, tmp_path
     _assert_clean_error(result, "--model", "3D network", "2D images", out=tmp_path / "run")
 
 
+def test_a_batchnorm_left_with_one_value_per_channel_is_refused_before_training(rgb_dataset, tmp_path):
+    """ja_denseunet_small at 32x32 has a 1x1 bottleneck: fine at batch 2, a torch error at batch 1 (found by QA)."""
+    args = ["-m", "ja_denseunet_small", "-d", rgb_dataset, "--iterations", "1", "--input-size", "32", "32", "-q"]
+    result = _invoke("train", *args, "-o", tmp_path / "run", "--batch-size", "1", "--num-workers", "0")
+    _assert_clean_error(result, "--batch-size", "BatchNorm 'blocks.3.0.bottleneck.1'", out=tmp_path / "run")
+    bench = ["bench", "--model", "ja_denseunet_small", "--input-size", "32", "32", "--runs", "1", "--warmup", "0"]
+    _assert_clean_error(_invoke(*bench), "--batch-size 1", "one value per channel")
+    assert _invoke(*bench, "--batch-size", "2", "--no-memory").exit_code == 0
+
+
 def test_evaluate_never_writes_its_summary_over_an_image_it_reads(ct_dataset, tiny_ct_run, tmp_path):
     predicted = tmp_path / "pred"
     assert _invoke("predict", "--run", tiny_ct_run, "-i", ct_dataset / "imagesTs", "-o", predicted).exit_code == 0

@@ -271,12 +271,3 @@ def test_invalid_arguments_raise(kwargs: dict) -> None:
 def test_plain_denseunet_refuses_attention() -> None:
     with pytest.raises(ValueError, match="ja_denseunet"):
         create_model("denseunet", 3, 2, attention="joint")
-
-
-def test_a_single_pixel_bottleneck_is_refused_before_batchnorm_fails_on_it():
-    model = create_model("denseunet_small", 3, 2).train()
-    with pytest.raises(ValueError, match=r"\(32, 32\): the 1/32 bottleneck would be a single pixel; use .* 64x32"):
-        check_input_size(model, (32, 32))
-    with pytest.raises(ValueError, match="single pixel"):  # the forward checks too, before BatchNorm would fail
-        model(torch.randn(1, 3, 32, 32))
-    check_input_size(model, (64, 32))

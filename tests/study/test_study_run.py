@@ -127,6 +127,33 @@ def test_a_rerun_skips_done_jobs(reference, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
+def test_force_trains_again_only_the_jobs_trained_with_other_settings(reference, rgb_dataset, tmp_path, monkeypatch):
+    import yaml
+
+    import attnseg.training.trainer as trainer_module
+
+    _, ref_out = reference
+    out = tmp_path / "out"
+    shutil.copytree(ref_out, out)
+    calls = []
+    real_train = trainer_module.train
+
+    def recording(cfg, *, resume=False, progress=True):
+        calls.append((cfg.model, cfg.fold, cfg.iterations))
+        return real_train(cfg, resume=resume, progress=progress)
+
+    monkeypatch.setattr(trainer_module, "train", recording)
+    same_training = _study_file(tmp_path / "a", rgb_dataset, protocol="nnunet")  # another study, same runs
+    assert run_study(same_training, out, force=True, progress=False) == []
+    assert calls == []
+    longer = _study_file(tmp_path / "b", rgb_dataset, train={**TRAIN, "iterations": 4}, models=[MODELS[0]])
+    assert run_study(longer, out, force=True, progress=False) == []
+    assert sorted(calls) == [("unet", "fold0", 4), ("unet", "fold1", 4)]
+    for fold in ("fold0", "fold1"):
+        config = yaml.safe_load((out / "runs" / "unet" / f"{fold}_seed0" / "config.yaml").read_text())
+        assert config["iterations"] == 4
+
+
 def test_a_killed_job_resumes_to_the_same_results(reference, rgb_dataset, tmp_path, monkeypatch):
     from attnseg.training.trainer import Trainer
 

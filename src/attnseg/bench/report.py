@@ -151,7 +151,7 @@ def run_benchmark(
 
     from attnseg.bench.complexity import measure_complexity
     from attnseg.bench.speed import measure_peak_memory, measure_speed
-    from attnseg.models.registry import check_input_size, create_model, model_info, sized_kwargs
+    from attnseg.models.registry import batchnorm_values, check_input_size, create_model, model_info, sized_kwargs
 
     if batch_size < 1:
         raise BenchError(f"batch_size must be >= 1, got {batch_size}")
@@ -179,6 +179,15 @@ def run_benchmark(
         check_input_size(model, size)
     except ValueError as exc:
         raise BenchError(str(exc)) from None
+    if backward:  # the timed training step: train-mode BatchNorm needs two values per channel
+        with torch.no_grad(), batchnorm_values(model.eval()) as values:
+            model(torch.zeros(1, in_channels, *size))
+        single = [name for name, n in values.items() if n * batch_size < 2]
+        if single:
+            raise BenchError(
+                f"--batch-size {batch_size}: at input size {' x '.join(map(str, size))} BatchNorm {single[0]!r} sees "
+                "one value per channel in training; use a batch of 2 or more, or a larger input size"
+            )
     layout = "B C K H W (slab of K adjacent slices)" if slab else ("B C H W" if len(size) == 2 else "B C D H W")
 
     old_threads = torch.get_num_threads()

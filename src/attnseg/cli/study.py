@@ -22,7 +22,13 @@ def study_run(
         str | None,
         typer.Option("--shard", help="Run only jobs[I-1::N] (I/N), to share the study between processes."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Accept a study directory holding a different study.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Accept a study directory holding a different study; its jobs trained with other settings are trained again.",
+        ),
+    ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:

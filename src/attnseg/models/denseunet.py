@@ -225,11 +225,6 @@ class DenseUNet(nn.Module):
 
     def validate_input_size(self, spatial: tuple[int, ...]) -> None:
         check_divisible(spatial, self.input_divisor, what="DenseUNet input", why=self._divisor_reason, ndim=2)
-        if all(int(s) == self.input_divisor for s in spatial):  # BatchNorm on one pixel fails at batch 1
-            raise ValueError(
-                f"DenseUNet input {tuple(spatial)}: the 1/{self.input_divisor} bottleneck would be a single pixel; "
-                f"use a larger side, e.g. {2 * self.input_divisor}x{spatial[1]}"
-            )
 
     def _attend(self, position: str, x: torch.Tensor) -> torch.Tensor:
         return self.attention[position](x) if position in self.attention else x

@@ -24,13 +24,15 @@ model is covered without editing the tests.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from attnseg.errors import AttnsegError
@@ -54,6 +56,7 @@ __all__ = [
     "list_models",
     "model_info",
     "check_input_size",
+    "batchnorm_values",
     "has_feature_interface",
     "SegmentationModel",
     "FeatureInterfaceModel",
@@ -302,6 +305,30 @@ def check_input_size(model: nn.Module, spatial: Sequence[int]) -> None:
     validate = getattr(model, "validate_input_size", None)
     if callable(validate):
         validate(tuple(int(s) for s in spatial))
+
+
+@contextlib.contextmanager
+def batchnorm_values(model: nn.Module) -> Iterator[dict[str, int]]:
+    """Within the block, forward passes of ``model`` record, per BatchNorm (by module name), how many values per
+    channel its first input had (batch x spatial): train-mode BatchNorm fails below two."""
+    values: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            values.setdefault(name, args[0].numel() // args[0].shape[1])
+
+        return hook
+
+    hooks = [
+        m.register_forward_pre_hook(record(name))
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    try:
+        yield values
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def has_feature_interface(model: nn.Module) -> bool:

@@ -120,6 +120,30 @@ def _is_done(run_dir: Path) -> bool:
     return bool(marker) and marker.get("status") == "done" and (run_dir / METRICS_FILE).exists()
 
 
+def _trained_otherwise(study: StudyConfig, job: Job, study_dir: Path) -> bool:
+    """True when ``job``'s run directory holds a run trained with settings other than ``study`` resolves for it
+    (``device`` aside, which a run may override, and ``out``, the job's directory by construction)."""
+    import yaml
+
+    from attnseg.config import config_to_dict
+
+    run_dir = job.run_dir(study_dir)
+    path = RunDir(run_dir).config_path
+    if not path.is_file():
+        return False
+    try:
+        stored = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return True
+    expected = config_to_dict(study.train_config(study.entry(job.label), job.fold, job.seed, run_dir))
+    if not isinstance(stored, dict):
+        return True
+    ignored = ("device", "out")
+    return {k: v for k, v in stored.items() if k not in ignored} != {
+        k: v for k, v in expected.items() if k not in ignored
+    }
+
+
 def _comparable(study: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     rest = {k: v for k, v in study.items() if k != "models"}
     return rest, list(study.get("models", []))
@@ -468,8 +492,9 @@ def run_study(
         study: a parsed study or the path of a study file.
         out: the study directory.
         shard: ``(i, n)`` or ``"i/n"``: run only ``jobs[i-1::n]``.
-        force: accept a directory holding a different study (its ``study.yaml`` is replaced; done jobs with the
-            same label, fold and seed are still skipped).
+        force: accept a directory holding a different study (its ``study.yaml`` is replaced; a job whose run was
+            trained with other settings than this study gives it, ``config.yaml`` against the resolved training
+            configuration, is deleted and trained again; the others are kept).
         device: overrides the training device of every job (``auto``, ``cpu``, ``cuda:N``).
         progress: show a progress bar of the jobs.
 
@@ -487,6 +512,10 @@ def run_study(
     check_entries(study, device)
     study_dir = prepare_study_dir(study, out, force=force)
     mine = jobs_of(study)[i - 1 :: n]
+    if force:  # the directory may hold another study's runs: a job trained otherwise is trained again
+        for job in mine:
+            if _trained_otherwise(study, job, study_dir):
+                shutil.rmtree(job.run_dir(study_dir))
     already = sum(_is_done(j.run_dir(study_dir)) for j in mine)
     bar, task = _progress(progress, len(mine), already)
     failed: list[JobResult] = []

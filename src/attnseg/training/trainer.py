@@ -38,6 +38,7 @@ from attnseg.inference.sliding_window import predict_probabilities
 from attnseg.metrics import confusion_counts, dice_from_counts
 from attnseg.models.registry import (
     UnknownModelOptionError,
+    batchnorm_values,
     check_input_size,
     create_model,
     ddp_safe,
@@ -393,9 +394,17 @@ class Trainer:
         shape = (1, in_channels, *((self.slab,) if self.slab > 1 else ()), *c.input_size)
         self.model.eval()
         try:
-            out = self.model(torch.zeros(shape))
+            with batchnorm_values(self.model) as values:
+                out = self.model(torch.zeros(shape))
         finally:
             self.model.train()
+        single = [name for name, n in values.items() if n * c.batch_size < 2]
+        if single:  # train-mode BatchNorm needs two values per channel: torch would fail on the first step
+            raise ConfigError(
+                f"{c.batch_size}: at input size {' x '.join(map(str, c.input_size))} BatchNorm {single[0]!r} of "
+                f"{c.model!r} sees one value per channel; use a batch of 2 or more, or a larger input size",
+                option="batch_size",
+            )
         expected = (1, self.num_classes, *c.input_size)
         if tuple(out.shape) != expected:
             raise RuntimeError(
