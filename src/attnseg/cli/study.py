@@ -26,7 +26,8 @@ def study_run(
         bool,
         typer.Option(
             "--force",
-            help="Accept a study directory holding a different study; its jobs trained with other settings are trained again.",
+            help="Accept a study directory holding a different study; its jobs trained with other settings are "
+            "trained again.",
         ),
     ] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
