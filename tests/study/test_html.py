@@ -317,7 +317,7 @@ def test_report_html_is_self_contained_and_complete(made_study: Path) -> None:
     assert "fold1_seed0: prediction not kept" in plain
     assert "broken/fold0_seed0 : RuntimeError: out of memory (simulated)" in plain
     assert "no run configuration for: broken" in plain
-    assert "Model done failed unfinished unet 2 0 0 malunet 2 0 0 broken 0 1 1" in plain  # the jobs table
+    assert "Model done failed unfinished not started unet 2 0 0 0 malunet 2 0 0 0 broken 0 1 1 0" in plain  # jobs
 
 
 def test_settings_that_differ_between_models_are_listed(made_study: Path) -> None:

@@ -154,6 +154,21 @@ def test_force_trains_again_only_the_jobs_trained_with_other_settings(reference,
         assert config["iterations"] == 4
 
 
+def test_report_of_an_unfinished_study_names_the_jobs_without_results(reference, tmp_path):
+    _, ref_out = reference
+    out = tmp_path / "out"
+    shutil.copytree(ref_out, out)
+    shutil.rmtree(out / "runs" / "malunet" / "fold1_seed0")  # never started
+    (out / "runs" / "unet" / "fold0_seed0" / "study_job.json").unlink()  # killed while training
+    result = runner.invoke(app, ["study", "report", str(out)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, said
+    assert "warning: 2 of 6 job(s) have no results" in said and "unet/fold0_seed0, malunet/fold1_seed0" in said
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["models"]["malunet"]["jobs"] == {"done": 1, "not started": 1}
+    assert summary["models"]["unet"]["jobs"] == {"unfinished": 1, "done": 1}
+
+
 def test_a_killed_job_resumes_to_the_same_results(reference, rgb_dataset, tmp_path, monkeypatch):
     from attnseg.training.trainer import Trainer
 

@@ -61,9 +61,19 @@ def study_report(
     study_dir: Annotated[Path, typer.Argument(help="A study directory (from `attnseg study run`).")],
 ) -> None:
     """Write the study's report (tables and statistics against the baseline) from DIR/results.csv."""
+    from rich.console import Console
+
     from attnseg.study.report import write_report
 
-    write_report(study_dir)
+    summary = write_report(study_dir)
+    missing = [f"{label}/{run}" for label, info in summary["models"].items() for run in info.get("incomplete", [])]
+    if missing:  # the tables cover the done jobs only: say so rather than print a partial table as the study's
+        total = sum(sum(info.get("jobs", {}).values()) for info in summary["models"].values())
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"warning: {len(missing)} of {total} job(s) have no results (failed, unfinished or not started): "
+            f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}; the report covers the others",
+            markup=False,
+        )
 
 
 STUDY_COMMANDS = {"run": study_run, "report": study_report}

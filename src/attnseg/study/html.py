@@ -17,7 +17,7 @@ The page holds, in order:
 - **settings**: the shared study settings, each model entry of ``study.yaml`` (model_kwargs, train overrides,
   recipe), and every resolved training option (``RUN/config.yaml``) or built model option (``RUN/model.json``)
   that differs between models;
-- **jobs**: done, failed and unfinished runs per model, with each failed run's error.
+- **jobs**: done, failed, unfinished and not started runs per model, with each failed run's error.
 
 Self-contained: the figures are matplotlib PNGs (an Agg canvas per figure, no pyplot state) embedded as ``data:``
 URIs, the style is inline, there is no script, and the page's Content-Security-Policy allows nothing else, so a
@@ -626,22 +626,22 @@ def _settings_section(study_dir: Path, study: Mapping[str, Any], labels: list[st
     return "".join(out)
 
 
-def _jobs_section(study_dir: Path, labels: list[str]) -> str:
+def _jobs_section(study_dir: Path, summary: Mapping[str, Any]) -> str:
     rows, failures = [], []
-    for label in labels:
-        counts = {"done": 0, "failed": 0, "unfinished": 0}
+    columns = ("done", "failed", "unfinished", "not started")
+    for label, info in summary["models"].items():
+        counts = dict.fromkeys(columns, 0)
+        for status, n in (info.get("jobs") or {}).items():
+            counts[status if status in counts else "unfinished"] += n
         for run_dir in _run_dirs(study_dir, label):
             job = _read_json(run_dir / "study_job.json")
-            status = "unfinished" if job is None else str(job.get("status"))
-            if status not in counts:
-                status = "unfinished"
-            counts[status] += 1
-            if status == "failed":
+            if job is not None and job.get("status") == "failed":
                 failures.append(f"<li><code>{_e(label)}/{_e(run_dir.name)}</code>: {_e(job.get('error') or '')}</li>")
-        rows.append(f"<tr><th>{_e(label)}</th>" + "".join(f"<td>{counts[k]}</td>" for k in counts) + "</tr>")
+        rows.append(f"<tr><th>{_e(label)}</th>" + "".join(f"<td>{counts[k]}</td>" for k in columns) + "</tr>")
+    head = "".join(f"<th>{k}</th>" for k in columns)
     table = (
-        '<table class="jobs" id="jobs-table"><thead><tr><th>Model</th><th>done</th><th>failed</th>'
-        f"<th>unfinished</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f'<table class="jobs" id="jobs-table"><thead><tr><th>Model</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
     )
     listed = f"<p>Failed runs (left out of every number above):</p><ul>{''.join(failures)}</ul>" if failures else ""
     return table + listed
@@ -684,7 +684,7 @@ def render_html(study_dir: str | os.PathLike, summary: Mapping[str, Any]) -> str
         ("curves", "Learning curves", curves),
         ("overlays", "Overlays", overlays),
         ("settings", "Settings", _settings_section(study_dir, study, labels)),
-        ("jobs", "Jobs", _jobs_section(study_dir, labels)),
+        ("jobs", "Jobs", _jobs_section(study_dir, summary)),
     ]
     nav = "".join(f'<a href="#{key}">{_e(name)}</a>' for key, name, _ in sections)
     content = "".join(f'<section id="{key}"><h2>{_e(name)}</h2>{text}</section>' for key, name, text in sections)

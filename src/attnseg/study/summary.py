@@ -145,15 +145,33 @@ def _read_costs(study_dir: Path) -> dict[str, Any]:
     return costs
 
 
-def _job_times(study_dir: Path, label: str) -> dict[str, Any]:
-    """Mean training seconds per done run and mean inference milliseconds per image of one entry."""
+def _expected_runs(study: dict[str, Any]) -> list[str]:
+    """The ``<fold>_seed<seed>`` run folders the study's folds and seeds give each entry."""
+    folds = [f"fold{f}" if str(f).isdigit() else str(f) for f in study.get("folds") or []]
+    return [f"{fold}_seed{seed}" for fold in folds for seed in study.get("seeds") or []]
+
+
+def _job_times(study_dir: Path, label: str, expected: list[str]) -> dict[str, Any]:
+    """Mean training seconds per done run and mean inference milliseconds per image of one entry; ``jobs`` counts
+    its runs by status, ``unfinished`` (a folder without a job record) and ``not started`` (no folder) included, and
+    ``incomplete`` names the expected runs that are not done."""
     train, infer, status = [], [], defaultdict(int)
-    for path in sorted((study_dir / "runs" / label).glob("*/study_job.json")):
+    root = study_dir / "runs" / label
+    names = sorted({*expected, *(p.parent.name for p in root.glob("*/study_job.json"))})
+    incomplete = []
+    for name in names:
+        path = root / name / "study_job.json"
+        if not path.is_file():
+            status["unfinished" if path.parent.is_dir() else "not started"] += 1
+            incomplete.append(name)
+            continue
         try:
             job = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise StudyReportError(f"{path}: not valid JSON ({exc})") from None
         status[str(job.get("status"))] += 1
+        if job.get("status") != "done":
+            incomplete.append(name)
         if job.get("status") != "done":
             continue
         if job.get("train_seconds") is not None:
@@ -164,6 +182,7 @@ def _job_times(study_dir: Path, label: str) -> dict[str, Any]:
         "train_seconds_per_run": float(np.mean(train)) if train else None,
         "inference_ms_per_image": float(np.mean(infer)) if infer else None,
         "jobs": dict(status),
+        "incomplete": incomplete,
     }
 
 
@@ -263,7 +282,7 @@ def summarize(study_dir: str | os.PathLike) -> dict[str, Any]:
             "std_over_folds": std,
             "params": cost.get("params"),
             "macs": cost.get("macs"),
-            **_job_times(study_dir, label),
+            **_job_times(study_dir, label, _expected_runs(study)),
         }
         if test:
             t_mean, t_std, t_runs = _split_summary([r for r in test if r["model"] == label], classes, metrics)
