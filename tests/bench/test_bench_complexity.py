@@ -15,6 +15,7 @@ from attnseg.bench.complexity import (
     mac_bearing,
     measure_complexity,
     thop_macs,
+    thop_profile,
 )
 
 
@@ -202,3 +203,25 @@ def test_measure_complexity_records_a_failing_counter() -> None:
     result = measure_complexity(Untraceable(), (2, 3))
     assert result.flops == 2 * 2 * 3 * 3
     assert result.macs_fvcore is None and result.fvcore_error
+
+
+def test_thop_is_not_reported_for_a_module_reachable_by_two_paths() -> None:
+    """nnU-Net's decoder holds its encoder (and a flat list of every module): thop counted them twice (QA found a
+    thop parameter count 3x the real one)."""
+    pytest.importorskip("thop")
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.all_modules = nn.Sequential(self.conv)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    net = Shared()
+    assert thop_profile(net, (torch.randn(1, 3, 8, 8),))[1] == 2 * sum(p.numel() for p in net.parameters())
+    result = measure_complexity(net, (1, 3, 8, 8))
+    assert result.macs_thop is None and result.params_thop is None
+    assert "module(s) reachable by two paths" in result.thop_error
+    assert result.params.total == sum(p.numel() for p in net.parameters())

@@ -257,7 +257,10 @@ def measure_complexity(
                 result.fvcore_error = _error_text(exc)
         else:
             result.fvcore_error = "skipped"
-        if use_thop:
+        shared = len(list(model.named_modules(remove_duplicate=False))) - len(list(model.named_modules()))
+        if use_thop and shared:  # thop sums a module once per path to it: its counts would be inflated
+            result.thop_error = f"not reported: thop counts the {shared} module(s) reachable by two paths twice"
+        elif use_thop:
             try:
                 profile = thop_profile(model, (x,))
                 if profile is None:
