@@ -119,6 +119,7 @@ def test_gray_png_array_equals_the_cli(gray_run, gray_dataset, rgb_dataset, tmp_
     predictor = attnseg.load_run(gray_run, device="cpu")
     labels, _ = _assert_equals_cli(gray_run, array, png, tmp_path / "gray", "img001", read_mask=_png)
     assert labels.shape == array.shape and np.array_equal(predictor.predict(array[None]), labels)
+    assert np.array_equal(predictor.predict(array[..., None]), labels)  # (H, W, 1): a gray image too
     # an RGB image for a gray model is averaged to gray, for the file as for the array
     colour = rgb_dataset / "imagesTr" / "img002_0000.png"
     _assert_equals_cli(gray_run, np.asarray(Image.open(colour)), colour, tmp_path / "rgb", "img002", read_mask=_png)

@@ -47,7 +47,7 @@ def accepted_forms(plan: Plan) -> list[str]:
     if "rgb" in plan.channel_kinds:
         return ["(H, W, 3) RGB as PIL/imageio return it (alpha of (H, W, 4) dropped)", "(3, H, W)"]
     if n == 1:
-        return ["(H, W)", "(1, H, W)", "(H, W, 3) RGB, averaged to gray as an RGB file is"]
+        return ["(H, W)", "(1, H, W)", "(H, W, 1)", "(H, W, 3) RGB, averaged to gray as an RGB file is"]
     return [f"({n}, H, W)"]
 
 
@@ -103,6 +103,8 @@ def image_from_array(
             image, rgb = np.moveaxis(a[..., :3], -1, 0), True  # as the PNG reader: (H, W, 3) -> (3, H, W)
         elif a.ndim == 3 and a.shape[0] == n:
             image, rgb = a, rgb_run
+        elif a.ndim == 3 and n == 1 and a.shape[-1] == 1:  # (H, W, 1), as some readers return a gray image
+            image = np.moveaxis(a, -1, 0)
         elif a.ndim == 3:
             raise bad(f"neither (C, H, W) with the model's {n} channel(s) nor an RGB (H, W, 3)")
         elif a.ndim == 4:
