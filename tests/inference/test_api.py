@@ -310,3 +310,14 @@ def test_the_readme_names_the_conventions():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for phrase in ("attnseg.load_run(", "(H, W, 3)", "(C, X, Y, Z)", "affine=", "predict_files("):
         assert phrase in readme
+
+
+def test_load_run_and_create_model_name_a_wrong_argument_type():
+    from attnseg.models import create_model
+
+    for bad in (None, 3, []):
+        with pytest.raises(TypeError, match="run_dir must be a run directory path or a list of them"):
+            attnseg.load_run(bad)
+    for kwargs in ({"in_channels": "3"}, {"in_channels": 3.5}, {"num_classes": True}):
+        with pytest.raises(TypeError, match="must be an integer"):
+            create_model("unet", **kwargs)

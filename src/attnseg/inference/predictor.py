@@ -506,6 +506,9 @@ def load_run(
     """
     from attnseg.config import resolve_device
 
+    runs = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else run_dir
+    if not isinstance(runs, Sequence) or not runs or not all(isinstance(r, (str, os.PathLike)) for r in runs):
+        raise TypeError(f"run_dir must be a run directory path or a list of them, got {run_dir!r}")
     if checkpoint not in ("best", "last"):
         raise RunError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     if amp not in ("none", "bf16"):

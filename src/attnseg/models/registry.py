@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import numbers
 import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -217,10 +218,11 @@ def create_model(name: str, in_channels: int = 3, num_classes: int = 2, **kwargs
     Example:
         >>> model = create_model("unet", in_channels=1, num_classes=9, width=16)
     """
-    if in_channels < 1:
-        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    for name_, value in (("in_channels", in_channels), ("num_classes", num_classes)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name_} must be an integer, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name_} must be >= 1, got {value}")
     info = model_info(name)
     _check_options(name, kwargs)
     model = info.factory(in_channels, num_classes, **kwargs)
