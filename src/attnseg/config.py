@@ -137,6 +137,25 @@ class TrainConfig:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", option=name)
         if self.target_spacing is not None and min(self.target_spacing, default=1) <= 0:
             raise ConfigError(f"must be > 0, got {self.target_spacing}", option="target_spacing")
+        a = self.augment
+        pairs = [
+            ("ct_window", self.ct_window, 0, 100, True),
+            ("ct_clip_hu", self.ct_clip_hu, -math.inf, math.inf, True),
+        ]
+        pairs += [("augment.scale_range", a.scale_range, 0, math.inf, False)]
+        pairs += [("augment.label_shift_range", a.label_shift_range, -math.inf, math.inf, False)]
+        for name, pair, lowest, highest, strict in pairs:  # an inverted CT window clips every input to one value
+            if pair is None:
+                continue
+            ordered = len(pair) == 2 and (pair[0] < pair[1] if strict else pair[0] <= pair[1])
+            if not ordered or not lowest <= pair[0] <= pair[1] <= highest:
+                bounds = "" if math.isinf(highest) else f" within {lowest:g} .. {highest:g}"
+                raise ConfigError(
+                    f"needs two numbers low {'<' if strict else '<='} high{bounds}, got {list(pair)}", option=name
+                )
+        for name in ("flip", "rot90", "rotate", "scale", "intensity", "noise", "label_shift"):
+            if not 0 <= getattr(a, name) <= 1:
+                raise ConfigError(f"a probability must be in [0, 1], got {getattr(a, name)}", option=f"augment.{name}")
         if len(self.input_size) not in (2, 3) or min(self.input_size) < 1:
             raise ConfigError(f"needs 2 (H W) or 3 (D H W) positive sizes, got {self.input_size}", option="input_size")
         if not 0 <= self.foreground_prob <= 1:

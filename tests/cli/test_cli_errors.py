@@ -248,6 +248,14 @@ def test_option_values_out_of_range_are_named(ct_dataset, tiny_ct_run, tmp_path)
     for value in ("nan", "inf"):
         _assert_clean_error(_train(ct_dataset, tmp_path / "run", "--lr", value), "--lr", "finite", out=tmp_path / "run")
     _assert_clean_error(_train(ct_dataset, tmp_path / "run", "--seed", "-5"), "--seed", "-5", out=tmp_path / "run")
+    recipe = tmp_path / "recipe.yaml"
+    for text, fragments in (
+        ("ct_clip_hu: [240, -160]\n", ("ct_clip_hu", "low < high")),  # an inverted window: one value everywhere
+        ("augment: {scale_range: [1.2]}\n", ("augment.scale_range", "two numbers")),
+        ("slab_size: 3\n", ("slab_size", "does not take slabs")),
+    ):
+        recipe.write_text(text)
+        _assert_clean_error(_train(ct_dataset, tmp_path / "run", "--config", recipe), *fragments, out=tmp_path / "run")
     result = _train(ct_dataset, tmp_path / "run", "--model-kwargs", '{"width": -4}')
     _assert_clean_error(result, "--model-kwargs", "cannot build 'unet'", "width must be >= 1", out=tmp_path / "run")
 

@@ -268,6 +268,8 @@ class Trainer:
             check_input_size(self.model, c.input_size)
         except ValueError as exc:
             raise ConfigError(f"{' '.join(map(str, c.input_size))}: {exc}", option="input_size") from None
+        if c.slab_size and c.slab_size > 1 and not hasattr(self.model, "slab_size"):
+            raise ConfigError(f"{c.slab_size}: model {c.model!r} does not take slabs of slices", option="slab_size")
         self.slab = c.slab_size or int(getattr(self.model, "slab_size", 1))
         self.spatial_dims, self.num_classes = meta.spatial_dims, num_classes
         self._probe_forward(in_channels)
