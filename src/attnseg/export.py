@@ -2,9 +2,10 @@
 
 The graph is the bare network (logits out, dynamic batch; the spatial axes also dynamic when onnxruntime gives
 PyTorch's logits at another size too). Everything outside the network stays outside the graph, as deployment users
-ask for (nnU-Net #1730, #2407): the sidecar ``MODEL.onnx.json`` records the input layout, the network input size, the geometry mode and target
-spacing, the normalisation (CT window and statistics), the labels and the slab size. After export the ONNX model is
-run with onnxruntime and compared with PyTorch; the maximum difference is stored in the sidecar.
+ask for (nnU-Net #1730, #2407): the sidecar ``MODEL.onnx.json`` records the input layout, the network input size,
+the geometry mode and target spacing, the normalisation (CT window and statistics), the labels and the slab size.
+After export the ONNX model is run with onnxruntime and compared with PyTorch; the maximum difference is stored in
+the sidecar.
 """
 
 from __future__ import annotations
