@@ -412,3 +412,16 @@ def test_final_stage_with_the_head_equals_the_head_on_its_features(block: str) -
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11 * scale)
     with pytest.raises(ValueError, match="only taken by the final"):
         DecoderStage(dim, block)(tokens.float(), (h, w), skip.float(), head=head.float())
+
+
+def test_pretrained_weights_that_cannot_be_fetched_are_named(monkeypatch):
+    import timm
+
+    def offline(*args, pretrained=False, **kwargs):
+        if pretrained:
+            raise FileNotFoundError("cannot find the requested files in the local cache")
+        raise AssertionError("only the pretrained build is under test")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ValueError, match=r"pretrained=True: the ImageNet weights of .* set pretrained: false"):
+        create_model("msa2net", 3, 2, pretrained=True)

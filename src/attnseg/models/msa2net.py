@@ -665,7 +665,17 @@ class MSA2Net(nn.Module):
         self.legacy_layout = legacy_layout
         self.img_size = size
 
-        self.encoder = timm.create_model(encoder_name, pretrained=pretrained, num_classes=0, img_size=size)
+        try:
+            self.encoder = timm.create_model(encoder_name, pretrained=pretrained, num_classes=0, img_size=size)
+        except OSError as exc:  # no network and no cached weights (huggingface_hub's errors are OSErrors)
+            if not pretrained:
+                raise
+            first = " ".join(str(exc).split())[:200]
+            raise ValueError(
+                f"pretrained=True: the ImageNet weights of {encoder_name!r} are neither cached nor downloadable "
+                f"({type(exc).__name__}: {first}); cache them once with network access (HF_HOME) or set pretrained: "
+                "false"
+            ) from None
         if not hasattr(self.encoder, "forward_intermediates") or len(getattr(self.encoder, "stages", ())) != 4:
             raise ValueError(f"encoder_name must be a 4-stage timm MaxViT-family model, got {encoder_name!r}")
         # stage maps at 1/4 .. 1/32; the final LayerNorm2d is applied to the last one (forward_intermediates norm=True)
