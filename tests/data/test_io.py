@@ -159,3 +159,37 @@ def test_a_nifti_header_with_nan_voxel_sizes_is_named_as_such(tmp_path):
     nib.save(img, tmp_path / "nan.nii.gz")
     with pytest.raises(ImageReadError, match=r"nan\.nii\.gz: its header holds NaN or infinite voxel sizes"):
         read_image(tmp_path / "nan.nii.gz")
+
+
+def test_a_tilted_or_duplicated_dicom_series_is_named(tmp_path):
+    """A gantry tilt gave a mask without the shear (slices placed up to 7.6 mm off) and then an internal error in
+    the DICOM SEG writer; a duplicated slice was called a gap (found by QA)."""
+    import shutil
+
+    import pydicom
+    from conftest import FIXTURES
+
+    tilted = tmp_path / "tilted"
+    shutil.copytree(FIXTURES / "dicom_series", tilted)
+    files = sorted(tilted.iterdir())
+    normal = None
+    for f in files:
+        ds = pydicom.dcmread(f)
+        o = np.asarray(ds.ImageOrientationPatient, float)
+        normal = np.cross(o[:3], o[3:])
+        along = float(np.asarray(ds.ImagePositionPatient, float) @ normal)
+        ds.ImagePositionPatient = list(
+            np.asarray(ds.ImagePositionPatient, float) + along * np.tan(np.radians(20)) * o[3:]
+        )
+        ds.save_as(f)
+    with pytest.raises(
+        ImageReadError, match=r"tilted: its slices shift within their plane .* \(gantry tilt of 20.0 deg\)"
+    ):
+        read_image(tilted)
+    doubled = tmp_path / "doubled"
+    shutil.copytree(FIXTURES / "dicom_series", doubled)
+    ds = pydicom.dcmread(sorted(doubled.iterdir())[1])
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(doubled / "copy.dcm")
+    with pytest.raises(ImageReadError, match="two or more slices share one position"):
+        read_image(doubled)

@@ -265,11 +265,21 @@ def _check_slice_geometry(path: Path, files: tuple[str, ...]) -> None:
                 f"{orientation}, {Path(files[0]).name} has {orientations[0]}; one series must have one orientation",
             )
     normal = np.cross(orientations[0][:3], orientations[0][3:])
-    along = np.sort(np.asarray(positions, dtype=float) @ normal)
+    points = np.asarray(positions, dtype=float)
+    along = np.sort(points @ normal)
     steps = np.diff(along)
     step = float(np.median(steps))
-    if step < 1e-3:
+    if step < 1e-3 or (steps < 1e-3).any():
         raise ImageReadError(path, "two or more slices share one position; is a series duplicated in this folder?")
+    first, last = points[np.argmin(points @ normal)], points[np.argmax(points @ normal)]
+    shift = (last - first) - ((last - first) @ normal) * normal  # in the slice plane: zero unless tilted
+    if np.linalg.norm(shift) > 0.01 + 1e-3 * (along[-1] - along[0]):
+        tilt = np.degrees(np.arctan2(np.linalg.norm(shift), along[-1] - along[0]))
+        raise ImageReadError(
+            path,
+            f"its slices shift within their plane from one to the next (gantry tilt of {tilt:.1f} deg), so the "
+            "series is not on a rectangular voxel grid; resample it to one first",
+        )
     uneven = np.flatnonzero(np.abs(steps - step) > max(0.01, 0.05 * step))
     if uneven.size:
         at = int(uneven[0])
