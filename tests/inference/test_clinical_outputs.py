@@ -431,3 +431,19 @@ def test_non_dicom_input_is_refused_before_anything_is_written(fmt, ct_run, ct_d
 def test_an_unknown_format_is_named(ct_run, series, tmp_path):
     result = _predict(ct_run, series["fixture"], tmp_path / "out", "--format", "dicom")
     assert result.exit_code == 2 and "--format dicom: must be one of nifti, dicom-seg, rtstruct, png" in result.output
+
+
+def test_a_case_failing_in_one_format_leaves_none_of_its_files(ct_run, tmp_path):
+    """Non-square pixels: the RT Structure Set is refused; the NIfTI and SEG written before it used to stay while
+    the case was reported as failed, "0 of 1 written" (found by QA)."""
+    x, y = np.eye(3)[:2]
+    src = write_dicom_series(
+        tmp_path / "aniso", np.zeros((3, 8, 8), np.int16), origin=(0, 0, 0), row_direction=x, column_direction=y,
+        spacing=(1.0, 0.5, 2.0),
+    )  # fmt: skip
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("the user's")
+    result = _predict(ct_run, src, out, "--format", "nifti", "--format", "dicom-seg", "--format", "rtstruct")
+    assert result.exit_code == 2 and "not square" in " ".join(result.output.split())
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]

@@ -421,6 +421,7 @@ class Predictor:
         failures: dict[str, str] = {}
         for item, paths in zip(items, planned, strict=True):
             error: Exception | None = None
+            existed = {path for path in paths.values() if path.exists()}
             try:
                 image, meta, probs, labels = self.predict_item(item, tta=tta)
                 self.write_masks(item, labels, meta, paths)
@@ -434,6 +435,8 @@ class Predictor:
             except (AttnsegError, OSError) as exc:  # the case's own problem; anything else is a bug
                 error = exc
                 failures[item.case_id] = str(exc)
+                for path in set(paths.values()) - existed:  # a failed case leaves no part of itself (NIfTI, no SEG)
+                    path.unlink(missing_ok=True)
             if on_done is not None:
                 on_done(item, error)
         if created and not any(folder.iterdir()):  # every case failed: leave no empty folder behind
