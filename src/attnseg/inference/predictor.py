@@ -396,22 +396,22 @@ class Predictor:
             self.output_paths(item, output_dir, overlay=overlay, probabilities=probabilities, formats=formats)
             for item in items
         ]
+        inputs = {p.resolve() for item in items for p in item.paths}
         owners: dict[Path, PredictionInput] = {}
-        for item, paths in zip(items, planned, strict=True):
+        for item, paths in zip(items, planned, strict=True):  # both refused before anything is written
             for path in paths.values():
-                first = owners.setdefault(path.resolve(), item)
+                resolved = path.resolve()
+                if resolved in inputs:
+                    raise ConfigError(
+                        f"output folder {output_dir}: the mask {path.name} would overwrite the input image {path}; "
+                        "choose another output folder"
+                    )
+                first = owners.setdefault(resolved, item)
                 if first is not item:  # a_0000.nii.gz and a.nii.gz are both case "a"
                     raise ConfigError(
                         f"{first.paths[0]} and {item.paths[0]} are both case {item.case_id!r} and would write the same "
                         f"file {path.name}; rename one of them"
                     )
-        inputs = {p.resolve() for item in items for p in item.paths}
-        for path in (p for paths in planned for p in paths.values()):
-            if path.resolve() in inputs:  # refused before anything is written
-                raise ConfigError(
-                    f"output folder {output_dir}: the mask {path.name} would overwrite the input image {path}; "
-                    "choose another output folder"
-                )
         folder = Path(output_dir)
         created = not folder.exists()
         try:

@@ -240,10 +240,13 @@ def _open(path: Path, mode: str) -> np.ndarray:
 
 
 def _is_colour(path: Path) -> bool:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as im:  # readable: read_gray opened it just before
-        return im.mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+    try:
+        with Image.open(path) as im:
+            return im.mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False  # read_gray names the problem
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -286,9 +289,7 @@ def read_binary_mask(path: Path, shape: tuple[int, int] | None = None, *, image:
     Raises:
         DatasetError: unreadable mask, or size differs from the image.
     """
-    arr = read_gray(path)
-    if _is_colour(path):
-        arr = _open(path, "RGB").max(axis=-1)
+    arr = _open(path, "RGB").max(axis=-1) if _is_colour(path) else read_gray(path)
     if shape is not None and tuple(arr.shape) != tuple(shape):
         raise DatasetError(
             f"{path}: mask size {arr.shape[1]}x{arr.shape[0]} (WxH) differs from image "
